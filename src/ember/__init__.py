@@ -1,3 +1,55 @@
-"""ember: PyTorch training from your own loop to a full trainer, on one shared core."""
+"""ember: PyTorch training from your own loop to a full trainer, on one shared core.
+
+>>> from ember import Accelerator          # the minimal layer: keep your loop
+>>> import ember as L                      # the structured layer: L.Module, L.Trainer
+
+Public names are imported lazily, so ``import ember`` costs about as much as ``import torch``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "Accelerator": "ember.accelerator",
+    "set_seed": "ember._seed",
+    "DistributedDataParallelKwargs": "ember._handlers",
+    "InitProcessGroupKwargs": "ember._handlers",
+    "GradScalerKwargs": "ember._handlers",
+    "EmberConfigError": "ember._errors",
+    "Precision": "ember.precision",
+    "Strategy": "ember.strategies.base",
+    "DDPStrategy": "ember.strategies.ddp",
+    "SingleDeviceStrategy": "ember.strategies.base",
+    "ProcessInfo": "ember._env",
+}
+_SUBMODULES = ("callbacks", "loggers", "checkpoint", "data", "precision", "strategies", "profilers")
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:
+    from ember._env import ProcessInfo
+    from ember._errors import EmberConfigError
+    from ember._handlers import DistributedDataParallelKwargs, GradScalerKwargs, InitProcessGroupKwargs
+    from ember._seed import set_seed
+    from ember.accelerator import Accelerator
+    from ember.precision import Precision
+    from ember.strategies.base import SingleDeviceStrategy, Strategy
+    from ember.strategies.ddp import DDPStrategy
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"ember.{name}")
+    raise AttributeError(f"module 'ember' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_SUBMODULES])

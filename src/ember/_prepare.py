@@ -1,0 +1,116 @@
+"""Checks made before ``prepare`` touches anything, and the dataloader half of ``prepare``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ember._errors import EmberConfigError
+from ember.data import DeviceLoader, IterableShard, ResumableSampler, dataset_length, rebuild_dataloader, sampler_kind
+
+if TYPE_CHECKING:
+    from ember.accelerator import Accelerator
+    from ember._stepping import AcceleratedOptimizer
+
+
+def is_scheduler(obj: Any) -> bool:
+    return isinstance(obj, torch.optim.lr_scheduler.LRScheduler) or (
+        hasattr(obj, "step") and isinstance(getattr(obj, "optimizer", None), torch.optim.Optimizer)
+        and not isinstance(obj, torch.optim.Optimizer)
+    )
+
+
+def check_prepare_args(args: Sequence[Any], prepared: Sequence[AcceleratedOptimizer]) -> None:
+    """Fail before any wrapping if a scheduler comes without its optimizer."""
+    optimizers = {id(o) for o in args if isinstance(o, torch.optim.Optimizer)}
+    optimizers |= {id(o.optimizer) for o in prepared} | {id(o) for o in prepared}
+    for obj in args:
+        if is_scheduler(obj) and id(obj.optimizer) not in optimizers:
+            raise EmberConfigError(
+                f"prepare() got the scheduler {type(obj).__name__} but not its optimizer "
+                f"({type(obj.optimizer).__name__}). Pass the optimizer to the same prepare() call (or an "
+                "earlier one) so the scheduler steps only when that optimizer really steps."
+            )
+
+
+class DataPreparer:
+    """Shards a DataLoader across ranks with a resumable sampler and wraps it in a DeviceLoader."""
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self.acc = accelerator
+        self._sampler_seed: int | None = None
+
+    def sampler_seed(self) -> int:
+        if self._sampler_seed is None:
+            seed = self.acc.seed
+            if seed is None:  # one draw, agreed by all ranks, so unseeded runs still differ from each other
+                drawn = torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(torch.initial_seed() % 2**62))
+                seed = int(self.acc.strategy.broadcast(drawn.to(self.acc.device), 0).item())
+            self._sampler_seed = seed
+        return self._sampler_seed
+
+    def prepare(self, dataloader: DataLoader[Any], device_placement: bool, notes: list[str]) -> DeviceLoader:
+        acc = self.acc
+        rank, world = acc.process.rank, acc.process.world_size
+        kind = sampler_kind(dataloader)
+        sampler: ResumableSampler | None = None
+        overrides: dict[str, Any] = {}
+        num_padded = 0
+        if kind in ("random", "sequential"):
+            length = dataset_length(dataloader)
+            assert length is not None
+            sampler = ResumableSampler(
+                length,
+                batch_size=dataloader.batch_size or 1,
+                num_replicas=world,
+                rank=rank,
+                shuffle=kind == "random",
+                seed=self.sampler_seed(),
+                even_batches=acc._data_even_batches,
+                drop_last=dataloader.drop_last,
+            )
+            overrides["sampler"] = sampler
+            num_padded = sampler.num_padded
+            shards = f", {world} shards" if world > 1 else ""
+            notes.append(f"dataloader sampler → ResumableSampler(shuffle={kind == 'random'}{shards})")
+        elif kind == "iterable":
+            if world > 1:
+                overrides["dataset"] = IterableShard(dataloader.dataset, rank, world)
+                notes.append(f"IterableDataset sharded into {world} interleaved shards")
+        elif world > 1:
+            raise EmberConfigError(
+                f"prepare() cannot shard a DataLoader with a custom sampler/batch_sampler "
+                f"({type(dataloader.sampler).__name__}) across {world} processes. Use shuffle=True/False, or "
+                "shard inside your sampler by rank and pass it to a DataLoader you do not prepare."
+            )
+        if acc.device.type == "cuda" and device_placement and not dataloader.pin_memory:
+            overrides["pin_memory"] = True
+            notes.append("pin_memory=True for asynchronous copies")
+        if kind == "custom":
+            loader = dataloader  # one process: the user's own sampler is used as it is
+        else:  # a private generator: creating iterators never draws from the global RNG (exact resume)
+            overrides["generator"] = torch.Generator().manual_seed(self.sampler_seed() if sampler else 0)
+            loader = rebuild_dataloader(dataloader, **overrides)
+        if device_placement:
+            notes.append(f"batches moved to {acc.device}")
+        return DeviceLoader(
+            loader,
+            acc.device,
+            on_batch=self._on_batch_factory(num_padded),
+            convert=acc.precision.convert_input if acc.precision.param_dtype is not None else None,
+            sampler=sampler,
+            device_placement=device_placement,
+            num_padded=num_padded,
+        )
+
+    def _on_batch_factory(self, num_padded: int) -> Any:
+        state = self.acc.gradient_state
+
+        def on_batch(last: bool) -> None:
+            state.end_of_dataloader = last
+            state.padding_in_batch = num_padded if last else 0
+
+        return on_batch

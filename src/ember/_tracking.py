@@ -1,0 +1,83 @@
+"""The Accelerator's trackers (``log_with``): thin glue over :mod:`ember.loggers`, main process only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ember._errors import EmberConfigError
+
+if TYPE_CHECKING:
+    from ember.accelerator import Accelerator
+    from ember.loggers import Logger
+
+
+def to_float(value: Any) -> float:
+    """Read one logged value on the host (the single place a logged tensor is synchronised)."""
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().item())
+    return float(value)
+
+
+class Trackers:
+    def __init__(self, accelerator: Accelerator, log_with: str | Any | Sequence[str | Any] | None) -> None:
+        self._acc = accelerator
+        items: list[Any] = [] if log_with is None else list(log_with) if isinstance(log_with, (list, tuple)) else [log_with]
+        if items:
+            from ember.loggers import TRACKER_NAMES
+        self._requested: list[Any] = []
+        for item in items:
+            if isinstance(item, str):
+                if item == "all":
+                    self._requested.extend(TRACKER_NAMES)
+                    continue
+                if item not in TRACKER_NAMES:
+                    from ember._errors import unknown_value
+
+                    raise unknown_value("log_with", item, [*TRACKER_NAMES, "all"])
+            self._requested.append(item)
+        self.loggers: list[Logger] = []
+        self._started = False
+
+    def init(self, project_name: str, config: dict[str, Any] | None, init_kwargs: dict[str, Any]) -> None:
+        from ember.loggers import Logger, make_logger
+
+        if not self._acc.is_main_process or self._started:
+            return
+        for item in self._requested:
+            if isinstance(item, Logger):
+                self.loggers.append(item)
+            else:
+                self.loggers.append(
+                    make_logger(
+                        item,
+                        save_dir=str(self._acc.project_dir / "logs"),
+                        project_name=project_name,
+                        init_kwargs=init_kwargs.get(item),
+                    )
+                )
+        if config:
+            for logger in self.loggers:
+                logger.log_hyperparams(config)
+        self._started = True
+
+    def get(self, name: str, unwrap: bool = False) -> Any:
+        for logger in self.loggers:
+            if type(logger).__name__.lower().startswith(name.lower().replace("_", "")):
+                return logger.experiment if unwrap else logger
+        raise EmberConfigError(f"no tracker named {name!r}; active: {[type(x).__name__ for x in self.loggers]}")
+
+    def log(self, values: dict[str, Any], step: int | None) -> None:
+        if not self._acc.is_main_process or not self.loggers:
+            return
+        metrics = {k: to_float(v) for k, v in values.items()}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step)
+
+    def finish(self) -> None:
+        if not self._acc.is_main_process:
+            return
+        for logger in self.loggers:
+            logger.finalize("success")

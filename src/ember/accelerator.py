@@ -1,0 +1,561 @@
+"""``ember.Accelerator``: your own training loop, made distributed and mixed-precision in a few lines.
+
+>>> from ember import Accelerator
+>>> import torch
+>>> accelerator = Accelerator(cpu=True)
+>>> model = torch.nn.Linear(4, 1)
+>>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+>>> model, optimizer = accelerator.prepare(model, optimizer)
+>>> loss = model(torch.randn(8, 4, device=accelerator.device)).pow(2).mean()
+>>> accelerator.backward(loss)
+>>> optimizer.step(); optimizer.zero_grad()
+
+Every backend branch lives in a :class:`~ember.strategies.Strategy` or a :class:`~ember.precision.Precision`;
+this file only wires them together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ember import _collectives as C
+from ember._env import ProcessInfo
+from ember._errors import EmberConfigError, unknown_value
+from ember._handlers import resolve_handlers
+from ember._prepare import DataPreparer, check_prepare_args, is_scheduler
+from ember._seed import set_seed
+from ember._stepping import AcceleratedOptimizer, AcceleratedScheduler, GradientState, Stepper
+from ember.data import DeviceLoader
+from ember.precision import Precision, resolve_precision
+from ember.strategies import Strategy, resolve_strategy
+
+DEVICE_TYPES = ("auto", "cpu", "cuda", "gpu")
+
+
+class Accelerator:
+    """Prepare your model, optimizer, data and scheduler; keep your loop.
+
+    Args:
+        mixed_precision: "no"/"fp16"/"bf16" or a Lightning string ("32-true", "16-mixed", "bf16-mixed",
+            "bf16-true", "16-true", "64-true"), or a :class:`~ember.precision.Precision`. Default: the
+            ``EMBER_MIXED_PRECISION`` environment variable set by ``ember launch``, else float32.
+        gradient_accumulation_steps: micro-batches per optimizer step (use ``accumulate``). Loss scaling
+            rule: see ``accumulation_reduction`` and :mod:`ember._stepping`.
+        accumulation_reduction: "mean" (default: the step's gradient is the mean of its micro-batches'
+            gradients, also for a shorter final window) or "sum" (no rescaling at all). Passing
+            ``num_items=`` to :meth:`backward` weights by token counts instead.
+        cpu / accelerator: force the CPU (``cpu=True`` or ``accelerator="cpu"``); "cuda"/"gpu" requires CUDA.
+        device_placement: move models and batches to the device (default True).
+        strategy: "auto" (DDP when launched with several processes), "single", "ddp", or a Strategy.
+        kwargs_handlers: e.g. ``[DistributedDataParallelKwargs(find_unused_parameters=True)]``,
+            ``InitProcessGroupKwargs(timeout=...)``, ``GradScalerKwargs(...)``.
+        timeout: collective timeout (seconds or timedelta) for the process group.
+        log_with / project_dir: trackers ("csv", "tensorboard", "wandb", "mlflow", "all", objects) and where
+            runs, logs and checkpoints go (default ``./runs``).
+        seed: seed every RNG now and the sampler shuffle order; None draws a sampler seed once.
+        even_batches: pad the last round so every rank sees the same number of batches (default True).
+        verbose: print once, at the first ``prepare``, what ember changed on your objects.
+    """
+
+    def __init__(
+        self,
+        device_placement: bool = True,
+        mixed_precision: str | Precision | None = None,
+        gradient_accumulation_steps: int | None = None,
+        cpu: bool = False,
+        log_with: str | Any | Sequence[str | Any] | None = None,
+        project_dir: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+        strategy: str | Strategy | None = "auto",
+        kwargs_handlers: Sequence[Any] | None = None,
+        timeout: float | datetime.timedelta | None = None,
+        accelerator: str = "auto",
+        even_batches: bool = True,
+        accumulation_reduction: str = "mean",
+        step_scheduler_with_optimizer: bool = True,
+        verbose: bool = True,
+        process: ProcessInfo | None = None,
+    ) -> None:
+        self.process = process if process is not None else ProcessInfo.from_env()
+        # --- validate everything before any process group, model or data work (rule 5) --------------
+        # `ember launch` passes its configuration through EMBER_* variables; explicit arguments win.
+        if gradient_accumulation_steps is None:
+            gradient_accumulation_steps = int(os.environ.get("EMBER_GRADIENT_ACCUMULATION_STEPS", 1))
+        if strategy in (None, "auto") and os.environ.get("EMBER_STRATEGY"):
+            strategy = os.environ["EMBER_STRATEGY"]
+        if accelerator == "auto" and os.environ.get("EMBER_ACCELERATOR"):
+            accelerator = os.environ["EMBER_ACCELERATOR"]
+        if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
+            raise EmberConfigError(
+                f"gradient_accumulation_steps={gradient_accumulation_steps!r} must be an integer >= 1."
+            )
+        if accumulation_reduction not in ("mean", "sum"):
+            raise unknown_value("accumulation_reduction", accumulation_reduction, ["mean", "sum"])
+        handlers = resolve_handlers(kwargs_handlers)
+        self.device = self._select_device(cpu, accelerator)
+        if mixed_precision is None:
+            mixed_precision = os.environ.get("EMBER_MIXED_PRECISION") or None
+        self.precision = resolve_precision(mixed_precision, self.device.type, handlers.scaler)
+        self.strategy = resolve_strategy(strategy, self.process.world_size)
+        if handlers.ddp and hasattr(self.strategy, "options"):
+            for key, value in handlers.ddp.items():
+                setattr(self.strategy.options, key, value)
+        if self.process.world_size > 1 and not getattr(self.strategy, "supports_multiprocess", True):
+            raise EmberConfigError(
+                f"strategy={self.strategy.name!r} runs one process, but this job has WORLD_SIZE="
+                f"{self.process.world_size}: every process would train its own copy. Use strategy='ddp' "
+                "(or 'auto'), or launch a single process."
+            )
+        if isinstance(timeout, (int, float)):
+            timeout = datetime.timedelta(seconds=timeout)
+        timeout = timeout or handlers.timeout or datetime.timedelta(minutes=30)
+        self.project_dir = Path(project_dir if project_dir is not None else "runs")
+        self.verbose = verbose
+        # --- set up -----------------------------------------------------------------------------------
+        self.strategy.bind(self.process, self.device, timeout)
+        self.strategy.setup_environment()
+        if seed is not None:
+            set_seed(seed)
+        self.seed = seed
+        self.gradient_state = GradientState(gradient_accumulation_steps, accumulation_reduction)
+        self._stepper = Stepper(self.gradient_state, self.precision, self.strategy)
+        self._data_even_batches = even_batches
+        self._data = DataPreparer(self)
+        self._models: list[torch.nn.Module] = []
+        self._optimizers: list[AcceleratedOptimizer] = []
+        self._schedulers: list[AcceleratedScheduler] = []
+        self._dataloaders: list[DeviceLoader] = []
+        self._custom_objects: list[Any] = []
+        self._notes: list[str] = []
+        self._announced = False
+        self.step_scheduler_with_optimizer = step_scheduler_with_optimizer
+        from ember._tracking import Trackers
+
+        self.trackers = Trackers(self, log_with)
+
+    # ------------------------------------------------------------------------------------------------
+    # process facts
+    # ------------------------------------------------------------------------------------------------
+    def _select_device(self, cpu: bool, accelerator: str) -> torch.device:
+        kind = str(accelerator).lower()
+        if kind not in DEVICE_TYPES:
+            raise unknown_value("accelerator", accelerator, DEVICE_TYPES)
+        if cpu or kind == "cpu":
+            return torch.device("cpu")
+        has_cuda = torch.cuda.is_available()
+        if kind in ("cuda", "gpu") and not has_cuda:
+            raise EmberConfigError(
+                f"accelerator={accelerator!r} asks for CUDA, but torch.cuda.is_available() is False "
+                f"(torch {torch.__version__}). Use accelerator='cpu' (or cpu=True), or install a CUDA build."
+            )
+        if not has_cuda:
+            return torch.device("cpu")
+        count = torch.cuda.device_count()
+        if self.process.local_rank >= count:
+            raise EmberConfigError(
+                f"this node runs {self.process.local_world_size} processes but has {count} GPU(s): local rank "
+                f"{self.process.local_rank} has no GPU. Use --num_processes <= {count} per machine."
+            )
+        return torch.device("cuda", self.process.local_rank)
+
+    @property
+    def process_index(self) -> int:
+        return self.process.rank
+
+    @property
+    def local_process_index(self) -> int:
+        return self.process.local_rank
+
+    @property
+    def num_processes(self) -> int:
+        return self.process.world_size
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.process.rank == 0
+
+    @property
+    def is_local_main_process(self) -> bool:
+        return self.process.local_rank == 0
+
+    @property
+    def is_last_process(self) -> bool:
+        return self.process.rank == self.process.world_size - 1
+
+    @property
+    def use_distributed(self) -> bool:
+        return self.process.world_size > 1
+
+    @property
+    def distributed_type(self) -> str:
+        return self.strategy.name
+
+    @property
+    def mixed_precision(self) -> str:
+        return self.precision.name
+
+    @property
+    def sync_gradients(self) -> bool:
+        """True when the current micro-step ends an accumulation window (the optimizer will step)."""
+        return self.gradient_state.sync_gradients
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.gradient_state.accumulation_steps
+
+    @property
+    def step(self) -> int:
+        """Real optimizer steps taken so far (skipped steps not counted)."""
+        return self.gradient_state.optimizer_steps
+
+    @property
+    def optimizer_step_was_skipped(self) -> bool:
+        return any(opt.step_was_skipped for opt in self._optimizers)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on the local main process only."""
+        if self.is_local_main_process:
+            print(*args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------
+    # prepare
+    # ------------------------------------------------------------------------------------------------
+    def prepare(self, *args: Any, device_placement: Sequence[bool] | None = None) -> Any:
+        """Prepare models, optimizers, dataloaders and schedulers, in any order; returned in the same order.
+
+        Anything else is returned unchanged. A scheduler must be prepared together with (or after) its
+        optimizer. What ember changed is printed once.
+        """
+        check_prepare_args(args, self._optimizers)
+        placement = list(device_placement) if device_placement is not None else [True] * len(args)
+        results: list[Any] = list(args)
+        order = sorted(range(len(args)), key=lambda i: _prepare_rank(args[i]))
+        for i in order:
+            results[i] = self._prepare_one(args[i], placement[i])
+        if self.verbose and not self._announced and self._notes:
+            self.print("[ember] " + "; ".join(self._notes))
+            self._announced = True
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def _prepare_one(self, obj: Any, placement: bool) -> Any:
+        if isinstance(obj, torch.nn.Module):
+            return self.prepare_model(obj, device_placement=placement)
+        if isinstance(obj, torch.optim.Optimizer) and not isinstance(obj, AcceleratedOptimizer):
+            return self.prepare_optimizer(obj)
+        if isinstance(obj, DataLoader):
+            return self.prepare_data_loader(obj, device_placement=placement)
+        if is_scheduler(obj):
+            return self.prepare_scheduler(obj)
+        return obj
+
+    def prepare_model(self, model: torch.nn.Module, device_placement: bool = True) -> torch.nn.Module:
+        model = self.precision.convert_module(model)
+        if self.precision.uses_autocast:
+            _autocast_forward(model, self.autocast)
+            self._notes.append(f"model.forward runs under {self.precision.name} autocast")
+        if device_placement and self.strategy.device is not None:
+            wrapped = self.strategy.setup_module(model)
+        else:
+            wrapped = model
+        if wrapped is not model:
+            self._notes.append(f"model wrapped in {type(wrapped).__name__} on {self.device}")
+        elif device_placement:
+            self._notes.append(f"model on {self.device}")
+        self._models.append(wrapped)
+        return wrapped
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> AcceleratedOptimizer:
+        optimizer = self.strategy.setup_optimizer(optimizer)
+        _move_optimizer_state(optimizer, self.device)
+        wrapped = AcceleratedOptimizer(optimizer, self._stepper)
+        self._optimizers.append(wrapped)
+        return wrapped
+
+    def prepare_scheduler(self, scheduler: Any) -> AcceleratedScheduler:
+        target = getattr(scheduler, "optimizer", None)
+        owners = [o for o in self._optimizers if o.optimizer is target or o is target]
+        wrapped = AcceleratedScheduler(scheduler, owners or list(self._optimizers), self.gradient_state)
+        self._schedulers.append(wrapped)
+        return wrapped
+
+    def prepare_data_loader(self, dataloader: DataLoader[Any], device_placement: bool = True) -> DeviceLoader:
+        loader = self._data.prepare(dataloader, device_placement, self._notes)
+        self._dataloaders.append(loader)
+        return loader
+
+    # ------------------------------------------------------------------------------------------------
+    # the step
+    # ------------------------------------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor, num_items: Any = None, **kwargs: Any) -> None:
+        """Back-propagate ``loss`` through precision and strategy.
+
+        With gradient accumulation the loss is scaled by ``1/K`` ("mean", the default — documented, not
+        hidden: see the class docstring). Pass ``num_items`` (e.g. the number of target tokens in this
+        micro-batch, ``loss`` being their mean) to weight the step's gradient by item counts across
+        micro-batches and ranks.
+        """
+        scaled = self._stepper.scale_loss(loss, num_items)
+        if kwargs:
+            scaled.backward(**kwargs)
+        else:
+            self.strategy.backward(scaled)
+
+    @contextlib.contextmanager
+    def accumulate(self, *models: torch.nn.Module) -> Iterator[None]:
+        """One micro-step. Gradients are synchronised and the optimizer steps only when the window ends
+        (every ``gradient_accumulation_steps`` micro-steps, or at the end of the dataloader)."""
+        state = self.gradient_state
+        state.window_micro_steps += 1
+        boundary = state.window_micro_steps >= state.accumulation_steps or state.end_of_dataloader
+        state.sync_gradients = boundary
+        with contextlib.ExitStack() as stack:
+            if not boundary:
+                for model in models or self._models:
+                    stack.enter_context(self.strategy.no_backward_sync(model))
+            yield
+        if boundary:
+            state.end_window()
+
+    @contextlib.contextmanager
+    def no_sync(self, model: torch.nn.Module) -> Iterator[None]:
+        """Skip the gradient all-reduce for backward passes inside this block."""
+        with self.strategy.no_backward_sync(model):
+            yield
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The precision's autocast context (prepared models already run their forward under it)."""
+        return self.precision.autocast(self.device.type)
+
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        for opt in self._optimizers:
+            if optimizer is None or opt is optimizer or opt.optimizer is optimizer:
+                self._stepper.prepare_gradients(opt.optimizer)
+
+    def clip_grad_norm_(
+        self, parameters: Iterable[torch.nn.Parameter], max_norm: float, norm_type: float = 2.0
+    ) -> torch.Tensor | None:
+        """Clip the total gradient norm at a window boundary; returns the norm before clipping.
+
+        Inside an accumulation window (``sync_gradients`` False) it does nothing and returns None: clipping
+        a partial sum of gradients would change the result.
+        """
+        if not self.sync_gradients:
+            return None
+        self.unscale_gradients()
+        return self.strategy.clip_grad_norm_(parameters, max_norm, norm_type)
+
+    def clip_grad_value_(self, parameters: Iterable[torch.nn.Parameter], clip_value: float) -> None:
+        """Clamp every gradient to ``[-clip_value, clip_value]`` at a window boundary."""
+        if not self.sync_gradients:
+            return
+        self.unscale_gradients()
+        self.strategy.clip_grad_value_(parameters, clip_value)
+
+    # ------------------------------------------------------------------------------------------------
+    # collectives
+    # ------------------------------------------------------------------------------------------------
+    def gather(self, tensor: Any) -> Any:
+        """Concatenate tensors (nested structures too) from every process along dim 0."""
+        from ember.data import apply_to_tensors
+
+        return apply_to_tensors(tensor, lambda t: C.gather_varlen(self.strategy, t))
+
+    def gather_for_metrics(self, input_data: Any, use_gather_object: bool = False) -> Any:
+        """Gather for evaluation: the padding added to even out the last batch is dropped, so over an
+        epoch you get exactly ``len(dataset)`` items."""
+        if use_gather_object or not _has_tensor(input_data):
+            return C.gather_objects(self.strategy, input_data)
+        gathered = self.gather(input_data)
+        state = self.gradient_state
+        if state.end_of_dataloader and state.padding_in_batch:
+            from ember.data import find_batch_size
+
+            size = find_batch_size(gathered)
+            if size is not None:
+                gathered = C.trim(gathered, size - state.padding_in_batch)
+        return gathered
+
+    def reduce(self, tensor: Any, reduction: str = "sum") -> Any:
+        """All-reduce tensors ("sum", "mean", "max", "min") across processes."""
+        from ember.data import apply_to_tensors
+
+        if reduction not in ("sum", "mean", "max", "min"):
+            raise unknown_value("reduction", reduction, ["sum", "mean", "max", "min"])
+        return apply_to_tensors(tensor, lambda t: self.strategy.all_reduce(t, reduction))
+
+    def broadcast(self, data: Any, from_process: int = 0) -> Any:
+        """Broadcast tensors (in place) or a picklable object from ``from_process``."""
+        from ember.data import apply_to_tensors
+
+        if _has_tensor(data):
+            return apply_to_tensors(data, lambda t: self.strategy.broadcast(t, from_process))
+        return self.strategy.broadcast_object(data, from_process)
+
+    def pad_across_processes(self, tensor: Any, dim: int = 0, pad_index: int = 0, pad_first: bool = False) -> Any:
+        """Pad tensors along ``dim`` to the largest size on any process (so they can be gathered)."""
+        return C.pad_across(self.strategy, tensor, dim, pad_index, pad_first)
+
+    def wait_for_everyone(self) -> None:
+        """Barrier across all processes."""
+        self.strategy.barrier()
+
+    @contextlib.contextmanager
+    def main_process_first(self) -> Iterator[None]:
+        """Run the block on the main process first (e.g. to download or preprocess once), then the rest."""
+        if not self.is_main_process:
+            self.wait_for_everyone()
+        yield
+        if self.is_main_process:
+            self.wait_for_everyone()
+
+    @contextlib.contextmanager
+    def local_main_process_first(self) -> Iterator[None]:
+        if not self.is_local_main_process:
+            self.wait_for_everyone()
+        yield
+        if self.is_local_main_process:
+            self.wait_for_everyone()
+
+    def split_between_processes(self, inputs: Any, apply_padding: bool = False) -> Any:
+        """Context manager giving this process its contiguous share of a list/tuple/tensor/dict."""
+        return C.split_between(self.process.rank, self.process.world_size, inputs, apply_padding)
+
+    # ------------------------------------------------------------------------------------------------
+    # models, state, tracking
+    # ------------------------------------------------------------------------------------------------
+    def unwrap_model(self, model: torch.nn.Module, keep_fp32_wrapper: bool = True) -> torch.nn.Module:
+        """The user's module without DDP (or other) wrappers."""
+        inner = self.strategy.unwrap(model)
+        if not keep_fp32_wrapper and "forward" in vars(inner):
+            del inner.forward
+        return inner
+
+    def get_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return self.strategy.model_state_dict(model)
+
+    def save_model(self, model: torch.nn.Module, save_directory: str | os.PathLike[str], **_: Any) -> Path:
+        """Write ``model.safetensors`` (unwrapped weights) into ``save_directory`` on the main process."""
+        from ember._state import save_model
+
+        return save_model(self, model, Path(save_directory))
+
+    def register_for_checkpointing(self, *objects: Any) -> None:
+        """Save and restore these objects (anything with ``state_dict``/``load_state_dict``) with the state."""
+        bad = [type(o).__name__ for o in objects if not (hasattr(o, "state_dict") and hasattr(o, "load_state_dict"))]
+        if bad:
+            raise EmberConfigError(
+                f"register_for_checkpointing got objects without state_dict/load_state_dict: {bad}. "
+                "Add those two methods (returning/accepting plain data and tensors)."
+            )
+        self._custom_objects.extend(objects)
+
+    def save_state(self, output_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> Path:
+        """Save model(s), optimizer(s), scheduler(s), scaler, RNG, data position and registered objects.
+
+        With no ``output_dir`` it writes ``<project_dir>/checkpoints/step-XXXXXXXX`` and updates ``latest``.
+        The directory appears atomically; see :mod:`ember.checkpoint`.
+        """
+        from ember._state import save_state
+
+        return save_state(self, None if output_dir is None else Path(output_dir), **kwargs)
+
+    def load_state(self, input_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> Path | None:
+        """Restore what :meth:`save_state` wrote. With no path: the newest complete checkpoint under
+        ``<project_dir>/checkpoints`` (returns None if there is none yet)."""
+        from ember._state import load_state
+
+        return load_state(self, None if input_dir is None else Path(input_dir), **kwargs)
+
+    def init_trackers(
+        self, project_name: str, config: dict[str, Any] | None = None, init_kwargs: dict[str, Any] | None = None
+    ) -> None:
+        """Start the trackers named in ``log_with`` (main process only) and log ``config``."""
+        self.trackers.init(project_name, config, init_kwargs or {})
+
+    def get_tracker(self, name: str, unwrap: bool = False) -> Any:
+        return self.trackers.get(name, unwrap)
+
+    def log(self, values: dict[str, Any], step: int | None = None, log_kwargs: dict[str, Any] | None = None) -> None:
+        """Log scalars (tensors are read here, once) to every tracker, on the main process."""
+        self.trackers.log(values, step)
+
+    def end_training(self) -> None:
+        """Finish trackers, wait for every process and close the process group."""
+        self.trackers.finish()
+        self.wait_for_everyone()
+        self.strategy.teardown()
+
+    def free_memory(self, *objects: Any) -> tuple[Any, ...]:
+        self._models.clear()
+        self._optimizers.clear()
+        self._schedulers.clear()
+        self._dataloaders.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return tuple(None for _ in objects)
+
+    def __repr__(self) -> str:
+        return (
+            f"Accelerator(strategy={self.strategy.name!r}, device={self.device}, precision={self.precision.name!r}, "
+            f"rank={self.process.rank}/{self.process.world_size})"
+        )
+
+
+def _prepare_rank(obj: Any) -> int:
+    """Models first (so parameters are placed before optimizers see them), schedulers last."""
+    if isinstance(obj, torch.nn.Module):
+        return 0
+    if isinstance(obj, torch.optim.Optimizer):
+        return 1
+    if is_scheduler(obj):
+        return 3
+    return 2
+
+
+def _has_tensor(data: Any) -> bool:
+    found = False
+
+    def mark(t: torch.Tensor) -> torch.Tensor:
+        nonlocal found
+        found = True
+        return t
+
+    from ember.data import apply_to_tensors
+
+    apply_to_tensors(data, mark)
+    return found
+
+
+def _autocast_forward(model: torch.nn.Module, autocast: Callable[[], contextlib.AbstractContextManager[Any]]) -> None:
+    """Run ``model.forward`` under autocast, as Accelerate does; the original stays at ``model.__class__.forward``."""
+    if "forward" in vars(model):
+        return
+    original = model.forward
+
+    @functools.wraps(original)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        with autocast():
+            return original(*args, **kwargs)
+
+    model.forward = forward  # type: ignore[method-assign]
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for key, value in list(state.items()):
+            if isinstance(value, torch.Tensor) and key != "step" and value.device != device:
+                state[key] = value.to(device)
+
+
+if sys.version_info < (3, 10):  # pragma: no cover
+    raise RuntimeError("ember needs Python 3.10 or newer")

@@ -1,0 +1,79 @@
+"""``ember launch``: start a script on N processes (and M machines) through ``torch.distributed.run``.
+
+The elastic agent of torch does the work (rendezvous, restarts with ``--max_restarts``, signal forwarding);
+ember only turns its configuration into torchrun arguments and environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+
+import torch
+
+from ember._errors import EmberConfigError
+from ember.cli.config import LaunchConfig
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_resources(cfg: LaunchConfig) -> None:
+    """Fail before starting anything if this machine cannot hold the processes asked for."""
+    per_node = cfg.num_processes // cfg.num_machines
+    wants_gpu = cfg.distributed_type == "MULTI_GPU" or (not cfg.use_cpu and torch.cuda.is_available())
+    if cfg.distributed_type == "MULTI_GPU" and not torch.cuda.is_available():
+        raise EmberConfigError(
+            "distributed_type=MULTI_GPU asks for CUDA, but torch.cuda.is_available() is False. "
+            "Use distributed_type: MULTI_CPU (or --cpu)."
+        )
+    if wants_gpu and not cfg.use_cpu and per_node > torch.cuda.device_count():
+        raise EmberConfigError(
+            f"--num_processes={cfg.num_processes} over {cfg.num_machines} machine(s) is {per_node} per machine, "
+            f"but this machine has {torch.cuda.device_count()} GPU(s). Use --num_processes "
+            f"{torch.cuda.device_count() * cfg.num_machines} or fewer, or --cpu."
+        )
+
+
+def torchrun_args(cfg: LaunchConfig, script: str, script_args: Sequence[str]) -> list[str]:
+    per_node = cfg.num_processes // cfg.num_machines
+    args = [f"--nnodes={cfg.num_machines}", f"--nproc_per_node={per_node}", f"--max_restarts={cfg.max_restarts}",
+            f"--monitor_interval={cfg.monitor_interval}"]
+    if cfg.num_machines == 1 and cfg.main_process_ip is None:
+        args.append("--standalone")
+    elif cfg.rdzv_backend == "c10d":
+        args += ["--rdzv_backend=c10d", f"--rdzv_endpoint={cfg.main_process_ip}:{cfg.main_process_port or 29500}",
+                 "--rdzv_id=ember"]
+    else:
+        args += [f"--node_rank={cfg.machine_rank}", f"--master_addr={cfg.main_process_ip}",
+                 f"--master_port={cfg.main_process_port or 29500}"]
+    return [*args, script, *script_args]
+
+
+def launch(cfg: LaunchConfig, script: str, script_args: Sequence[str]) -> int:
+    """Run ``script`` under torch's elastic agent; returns the job's exit code."""
+    from torch.distributed import run as torchrun
+
+    cfg.validate("ember launch")
+    check_resources(cfg)
+    os.environ["EMBER_MIXED_PRECISION"] = cfg.mixed_precision
+    os.environ["EMBER_STRATEGY"] = cfg.strategy
+    if cfg.use_cpu:
+        os.environ["EMBER_ACCELERATOR"] = "cpu"
+    if cfg.gradient_accumulation_steps:
+        os.environ["EMBER_GRADIENT_ACCUMULATION_STEPS"] = str(cfg.gradient_accumulation_steps)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, cfg.num_processes))))
+    args = torchrun.get_args_parser().parse_args(torchrun_args(cfg, script, script_args))
+    try:
+        torchrun.run(args)
+    except Exception as err:  # ChildFailedError: torch already printed which rank failed and why
+        exit_code = getattr(err, "failures", None)
+        if exit_code:
+            first = next(iter(exit_code.values()))
+            return int(getattr(first, "exitcode", 1)) or 1
+        raise
+    return 0
