@@ -79,7 +79,7 @@ def split_between(rank: int, world: int, inputs: Any, apply_padding: bool = Fals
         end = start + per + (1 if rank < extra else 0)
         part = seq[start:end]
         if apply_padding and extra and len(part) < math.ceil(n / world) and n:
-            last = seq[-1:] if not isinstance(seq, torch.Tensor) else seq[-1:]
+            last = seq[-1:]
             part = torch.cat([part, last]) if isinstance(seq, torch.Tensor) else part + type(part)(last)
         return part
 

@@ -9,11 +9,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from ember._errors import EmberConfigError
-from ember.data import DeviceLoader, IterableShard, ResumableSampler, dataset_length, rebuild_dataloader, sampler_kind
+from ember.data import (
+    DeviceLoader,
+    IterableShard,
+    ResumableSampler,
+    dataset_length,
+    rebuild_dataloader,
+    sampler_kind,
+)
 
 if TYPE_CHECKING:
-    from ember.accelerator import Accelerator
     from ember._stepping import AcceleratedOptimizer
+    from ember.accelerator import Accelerator
 
 
 def is_scheduler(obj: Any) -> bool:
@@ -78,7 +85,7 @@ class DataPreparer:
             notes.append(f"dataloader sampler → ResumableSampler(shuffle={kind == 'random'}{shards})")
         elif kind == "iterable":
             if world > 1:
-                overrides["dataset"] = IterableShard(dataloader.dataset, rank, world)
+                overrides["dataset"] = IterableShard(dataloader.dataset, rank, world)  # type: ignore[arg-type]
                 notes.append(f"IterableDataset sharded into {world} interleaved shards")
         elif world > 1:
             raise EmberConfigError(

@@ -106,13 +106,21 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
     def param_groups(self, value: list[dict[str, Any]]) -> None:
         self.optimizer.param_groups = value
 
-    @property  # type: ignore[override]
+    @property  # type: ignore[override,unused-ignore]
     def state(self) -> Any:
         return self.optimizer.state
 
-    @property  # type: ignore[override]
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.optimizer.state = value
+
+    @property  # type: ignore[override,unused-ignore]
     def defaults(self) -> dict[str, Any]:
         return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self.optimizer.defaults = value
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         return self.optimizer.state_dict()

@@ -20,7 +20,6 @@ import contextlib
 import datetime
 import functools
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -306,9 +305,9 @@ class Accelerator:
         """
         scaled = self._stepper.scale_loss(loss, num_items)
         if kwargs:
-            scaled.backward(**kwargs)
+            scaled.backward(**kwargs)  # type: ignore[no-untyped-call,unused-ignore]
         else:
-            self.strategy.backward(scaled)
+            self.strategy.backward(scaled)  # type: ignore[no-untyped-call,unused-ignore]
 
     @contextlib.contextmanager
     def accumulate(self, *models: torch.nn.Module) -> Iterator[None]:
@@ -556,6 +555,3 @@ def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device
             if isinstance(value, torch.Tensor) and key != "step" and value.device != device:
                 state[key] = value.to(device)
 
-
-if sys.version_info < (3, 10):  # pragma: no cover
-    raise RuntimeError("ember needs Python 3.10 or newer")

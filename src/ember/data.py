@@ -27,7 +27,7 @@ def apply_to_tensors(data: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> A
         if type(data) is dict:
             return converted
         try:  # dict subclasses such as transformers' BatchEncoding keep their type
-            return type(data)(converted)
+            return type(data)(converted)  # type: ignore[call-arg]
         except TypeError:
             return converted
     if isinstance(data, tuple) and hasattr(data, "_fields"):
@@ -224,7 +224,9 @@ class DeviceLoader:
         self._on_batch = on_batch
         self._convert = convert
         self._skip_next = 0
-        self._stream = torch.cuda.Stream(device) if device.type == "cuda" and device_placement else None
+        self._stream: torch.cuda.Stream | None = (
+            torch.cuda.Stream(device) if device.type == "cuda" and device_placement else None  # type: ignore[no-untyped-call,unused-ignore]
+        )
         self.end_of_dataloader = False
 
     # DataLoader-like surface -------------------------------------------------------------------------
@@ -266,7 +268,13 @@ class DeviceLoader:
         if self._stream is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_stream(self._stream)
-            apply_to_tensors(batch, lambda t: (t.record_stream(current), t)[1] if t.is_cuda else t)
+
+            def record(t: torch.Tensor) -> torch.Tensor:
+                if t.is_cuda:
+                    t.record_stream(current)
+                return t
+
+            apply_to_tensors(batch, record)
         return batch
 
     def __iter__(self) -> Iterator[Any]:

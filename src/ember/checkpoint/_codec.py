@@ -66,7 +66,7 @@ class _Encoder:
             key, n = f"{base}~{n}", n + 1
         return key
 
-    def encode(self, obj: Any, path: tuple[Any, ...]) -> Any:  # noqa: C901 - one flat dispatch
+    def encode(self, obj: Any, path: tuple[Any, ...]) -> Any:
         if obj is None or isinstance(obj, bool):
             return obj
         if isinstance(obj, np.generic) and obj.dtype.kind in _NP_KINDS and obj.dtype.itemsize <= 8:
@@ -98,7 +98,9 @@ class _Encoder:
                 return self._container(obj, path)
             finally:
                 self._stack.discard(id(obj))
-        raise self.fail(path, f"objects of type {type(obj).__module__}.{type(obj).__qualname__} are not supported")
+        raise self.fail(
+            path, f"objects of type {type(obj).__module__}.{type(obj).__qualname__} are not supported"
+        )
 
     def _container(self, obj: Mapping[Any, Any] | list[Any] | tuple[Any, ...], path: tuple[Any, ...]) -> Any:
         if isinstance(obj, list):
@@ -196,7 +198,7 @@ class _Decoder:
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
             raise self.fail(path, f"bad {node.get(TAG)!r} entry ({type(exc).__name__}: {exc})") from exc
 
-    def _tagged(self, node: dict[str, Any], path: tuple[Any, ...]) -> Any:  # noqa: C901 - flat dispatch
+    def _tagged(self, node: dict[str, Any], path: tuple[Any, ...]) -> Any:
         kind = node[TAG]
         if kind == "tuple":
             return tuple(self.decode(v, (*path, i)) for i, v in enumerate(node["items"]))

@@ -26,7 +26,8 @@ DIGEST_DIR = ".ember-digests"
 MANIFEST = "manifest.json"
 
 _CHUNK = 16 << 20  # bytes per write() call and per hash update
-_ASYNC_HASH_MIN = 1 << 20  # chunks at least this large are hashed on a helper thread while the next is written
+# Chunks at least this large are hashed on a helper thread while the next one is written.
+_ASYNC_HASH_MIN = 1 << 20
 _MAX_PENDING = 4
 _READ_CHUNK = 8 << 20
 
@@ -86,7 +87,9 @@ class _HashingSink:
     """Writes chunks to a new file while a helper thread hashes them, then fsyncs."""
 
     def __init__(self, path: Path) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+        flags = (
+            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+        )
         self._fd = os.open(path, flags, 0o644)
         self._hash = hashlib.sha256()
         self._pool: ThreadPoolExecutor | None = None
@@ -144,12 +147,13 @@ def disk_error(path: Path, exc: OSError) -> CheckpointError:
     )
 
 
-def write_member(tmp_dir: Path, filename: str, chunks: Iterable[Data]) -> None:
+def write_member(tmp_dir: Path, filename: str, chunks: Iterable[Data], *, manifest: bool = False) -> None:
     """Write ``chunks`` to ``tmp_dir/filename``, fsync it and record its size and sha256 for ``commit``.
 
-    On any OSError the partial file is removed and a :class:`CheckpointError` is raised.
+    ``manifest=True`` is commit's own write of ``manifest.json`` (no digest recorded). On any OSError the
+    partial file is removed and a :class:`CheckpointError` is raised.
     """
-    path = writable_member(tmp_dir, filename)
+    path = tmp_dir / MANIFEST if manifest else writable_member(tmp_dir, filename)
     sink: _HashingSink | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +161,8 @@ def write_member(tmp_dir: Path, filename: str, chunks: Iterable[Data]) -> None:
         for chunk in chunks:
             sink.write(chunk)
         digest = sink.finish()
-        _record_digest(tmp_dir, filename, sink.size, digest)
+        if not manifest:
+            _record_digest(tmp_dir, filename, sink.size, digest)
     except BaseException as exc:
         if sink is not None:
             try:

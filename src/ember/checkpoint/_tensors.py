@@ -14,6 +14,7 @@ import struct
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,9 +56,13 @@ def _check(filename: str, tensors: Mapping[str, torch.Tensor]) -> None:
         if not isinstance(key, str) or key == "__metadata__":
             raise CheckpointError(f"{where}: keys must be str and not '__metadata__'; rename it.")
         if not isinstance(t, torch.Tensor):
-            raise CheckpointError(f"{where} is a {type(t).__qualname__}, not a torch.Tensor; use save_state().")
+            raise CheckpointError(
+                f"{where} is a {type(t).__qualname__}, not a torch.Tensor; use save_state()."
+            )
         if t.layout != torch.strided or t.is_quantized or t.device.type == "meta":
-            raise CheckpointError(f"{where} is sparse/quantized/meta; convert it to a dense tensor with data.")
+            raise CheckpointError(
+                f"{where} is sparse/quantized/meta; convert it to a dense tensor with data."
+            )
         if t.dtype not in _DTYPES:
             raise CheckpointError(
                 f"{where} has dtype {t.dtype}, which safetensors cannot store; cast it (supported: "
@@ -71,7 +76,11 @@ def _header(order: list[str], tensors: Mapping[str, torch.Tensor], metadata: Map
     for key in order:
         t = tensors[key]
         nbytes = t.numel() * t.element_size()
-        header[key] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        header[key] = {
+            "dtype": _DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     return raw + b" " * (-len(raw) % 8)
@@ -82,7 +91,8 @@ def _as_bytes(t: torch.Tensor) -> memoryview:
     if t.device.type != "cpu":
         t = t.to("cpu")
     t = t.resolve_conj().resolve_neg().contiguous()
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    array: Any = t.reshape(-1).view(torch.uint8).numpy()
+    return memoryview(array)
 
 
 def _chunks(order: list[str], tensors: Mapping[str, torch.Tensor], header: bytes) -> Iterator[Data]:
@@ -93,7 +103,11 @@ def _chunks(order: list[str], tensors: Mapping[str, torch.Tensor], header: bytes
 
 
 def write_tensors(
-    tmp_dir: Path, filename: str, tensors: Mapping[str, torch.Tensor], *, metadata: Mapping[str, str] | None = None
+    tmp_dir: Path,
+    filename: str,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``tensors`` to ``tmp_dir/filename`` in the safetensors format, fsynced and hashed.
 
@@ -119,7 +133,9 @@ def write_tensors(
     write_member(tmp_dir, filename, _chunks(order, tensors, header))
 
 
-def read_tensors(ckpt_dir: Path, filename: str, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def read_tensors(
+    ckpt_dir: Path, filename: str, *, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """Load a safetensors file of a checkpoint with :func:`safetensors.torch.load_file` (no pickle).
 
     Raises :class:`CheckpointError` naming the file if it is missing, truncated, corrupted or not a

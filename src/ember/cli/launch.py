@@ -69,7 +69,7 @@ def launch(cfg: LaunchConfig, script: str, script_args: Sequence[str]) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, cfg.num_processes))))
     args = torchrun.get_args_parser().parse_args(torchrun_args(cfg, script, script_args))
     try:
-        torchrun.run(args)
+        torchrun.run(args)  # type: ignore[no-untyped-call,unused-ignore]
     except Exception as err:  # ChildFailedError: torch already printed which rank failed and why
         exit_code = getattr(err, "failures", None)
         if exit_code:

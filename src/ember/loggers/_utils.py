@@ -142,4 +142,3 @@ def check_state(state: Mapping[str, Any], expected: str) -> None:
             f"Cannot load a state_dict from {kind!r} into {expected}: the resumed run must use the same "
             "logger classes, in the same order, as the run that saved the checkpoint."
         )
-

@@ -139,7 +139,12 @@ class VersionedDirLogger(Logger):
 
     def state_dict(self) -> dict[str, Any]:
         """Name, version and the last logged step (used to drop rows a crashed run wrote after it)."""
-        return {**super().state_dict(), "name": self._name, "version": self.version, "last_step": self._last_step}
+        return {
+            **super().state_dict(),
+            "name": self._name,
+            "version": self.version,
+            "last_step": self._last_step,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue writing into the saved ``name/version`` directory."""

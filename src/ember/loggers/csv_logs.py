@@ -179,7 +179,9 @@ class CSVLogger(VersionedDirLogger):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Buffer one row; without ``step`` the row index is used."""
-        values = {k: to_number(k, v) for k, v in add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR).items()}
+        values = {
+            k: to_number(k, v) for k, v in add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR).items()
+        }
         if step is None:
             step = self._rows_logged
         self.experiment.log_metrics(values, step)

@@ -243,7 +243,11 @@ class MLFlowLogger(Logger):
         timestamp = int(time.time() * 1000)
         entries = []
         for key, value in add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR).items():
-            entries.append(Metric(key=self._clean_key(key), value=to_number(key, value), timestamp=timestamp, step=step or 0))
+            entries.append(
+                Metric(
+                    key=self._clean_key(key), value=to_number(key, value), timestamp=timestamp, step=step or 0
+                )
+            )
         client = self.experiment
         for start in range(0, len(entries), _METRICS_PER_BATCH):
             chunk = entries[start : start + _METRICS_PER_BATCH]

@@ -139,7 +139,9 @@ class TensorBoardLogger(VersionedDirLogger):
         self.hparams.update(to_plain(plain))
         self._write_hparams_yaml()
 
-        flat = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flatten_dict(plain).items()}
+        flat = {
+            k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flatten_dict(plain).items()
+        }
         metric_dict: dict[str, float] = {}
         if metrics is None:
             if self._default_hp_metric:
@@ -150,8 +152,8 @@ class TensorBoardLogger(VersionedDirLogger):
             metric_dict = {"hp_metric": metrics}
         if metric_dict:
             self.log_metrics(metric_dict, step)
-        file_writer = self.experiment._get_file_writer()
-        for summary in hparams(flat, metric_dict):
+        file_writer = self.experiment._get_file_writer()  # type: ignore[no-untyped-call]
+        for summary in hparams(flat, metric_dict):  # type: ignore[no-untyped-call]
             file_writer.add_summary(summary, step)
 
     def _write_hparams_yaml(self) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
-import string
 import warnings
 from argparse import Namespace
 from collections.abc import Mapping
@@ -29,6 +27,9 @@ _EXIT_CODES = {"success": 0, "failed": 1, "interrupted": 255}
 
 def _generate_id(length: int = 8) -> str:
     """A W&B-style run id (lowercase letters and digits)."""
+    import secrets
+    import string
+
     alphabet = string.ascii_lowercase + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
@@ -175,7 +176,9 @@ class WandbLogger(Logger):
             values[_STEP_KEY] = step
         self.experiment.log(values)
 
-    def watch(self, model: Any, log: str | None = "gradients", log_freq: int = 100, log_graph: bool = True) -> None:
+    def watch(
+        self, model: Any, log: str | None = "gradients", log_freq: int = 100, log_graph: bool = True
+    ) -> None:
         """Forward to ``run.watch`` (gradient/parameter histograms)."""
         self.experiment.watch(model, log=log, log_freq=log_freq, log_graph=log_graph)
 

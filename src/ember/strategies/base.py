@@ -55,7 +55,7 @@ class Strategy(abc.ABC):
         return inner if isinstance(inner, torch.nn.Module) and module is not inner else module
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call,unused-ignore]
 
     def no_backward_sync(self, module: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
         """Skip the gradient all-reduce for backward passes inside this context (accumulation)."""
