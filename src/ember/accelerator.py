@@ -372,10 +372,14 @@ class Accelerator:
     def gather_for_metrics(self, input_data: Any, use_gather_object: bool = False) -> Any:
         """Gather for evaluation: the padding added to even out the last batch is dropped, so over an
         epoch you get exactly ``len(dataset)`` items."""
-        if use_gather_object or not _has_tensor(input_data):
-            return C.gather_objects(self.strategy, input_data)
-        gathered = self.gather(input_data)
         state = self.gradient_state
+        if use_gather_object or not _has_tensor(input_data):
+            objects = C.gather_objects(self.strategy, input_data)
+            # per-item lists (one entry per sample) carry the same end padding as tensors do
+            if state.end_of_dataloader and state.padding_in_batch and isinstance(input_data, (list, tuple)):
+                objects = objects[: max(0, len(objects) - state.padding_in_batch)]
+            return objects
+        gathered = self.gather(input_data)
         if state.end_of_dataloader and state.padding_in_batch:
             from ember.data import find_batch_size
 

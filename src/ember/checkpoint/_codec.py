@@ -38,7 +38,15 @@ from ._errors import CheckpointError
 TAG = "__ember__"
 
 _KEY_TYPES = (str, int, float, bool, type(None), tuple)
-_NP_KINDS = "biuf"
+
+
+def _np_ok(dtype: np.dtype[Any], *, arrays: bool) -> bool:
+    """Numpy dtypes we store: bool/int/uint, float up to 64 bits, complex up to 128 bits (arrays only)."""
+    if dtype.fields is not None or dtype.subdtype is not None:
+        return False
+    if dtype.kind in "biu":
+        return True
+    return (dtype.kind == "f" and dtype.itemsize <= 8) or (arrays and dtype.kind == "c" and dtype.itemsize <= 16)
 
 
 def _where(root: str, path: tuple[Any, ...]) -> str:
@@ -69,7 +77,7 @@ class _Encoder:
     def encode(self, obj: Any, path: tuple[Any, ...]) -> Any:
         if obj is None or isinstance(obj, bool):
             return obj
-        if isinstance(obj, np.generic) and obj.dtype.kind in _NP_KINDS and obj.dtype.itemsize <= 8:
+        if isinstance(obj, np.generic) and _np_ok(obj.dtype, arrays=False):
             return {TAG: "np", "dtype": obj.dtype.str, "value": self.encode(obj.item(), path)}
         if isinstance(obj, int):
             return int(obj)
@@ -138,9 +146,9 @@ class _Encoder:
 
     def _ndarray(self, arr: np.ndarray[Any, Any], path: tuple[Any, ...]) -> Any:
         dtype = arr.dtype
-        if dtype.kind not in _NP_KINDS + "c" or dtype.itemsize > 16 or dtype.fields is not None:
+        if not _np_ok(dtype, arrays=True):
             raise self.fail(path, f"numpy arrays of dtype {dtype} are not supported")
-        native = np.ascontiguousarray(arr, dtype=dtype.newbyteorder("="))
+        native = arr.astype(dtype.newbyteorder("="), order="C", copy=False)
         if not native.flags.writeable:
             native = native.copy()
         tensor = torch.from_numpy(native)
@@ -218,12 +226,12 @@ class _Decoder:
             if node.get("complex"):
                 tensor = torch.view_as_complex(tensor)
             dtype = np.dtype(str(node["dtype"]))
-            if dtype.kind not in _NP_KINDS + "c":
+            if not _np_ok(dtype, arrays=True):
                 raise self.fail(path, f"unsupported numpy dtype {dtype}")
             return tensor.cpu().numpy().astype(dtype, copy=False)
         if kind == "np":
             dtype = np.dtype(str(node["dtype"]))
-            if dtype.kind not in _NP_KINDS:
+            if not _np_ok(dtype, arrays=False):
                 raise self.fail(path, f"unsupported numpy dtype {dtype}")
             return dtype.type(self.decode(node["value"], path))
         if kind == "dtype":

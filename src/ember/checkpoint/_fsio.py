@@ -137,26 +137,45 @@ class _HashingSink:
             os.close(fd)
 
 
-def disk_error(path: Path, exc: OSError) -> CheckpointError:
-    """The CheckpointError for an OSError while writing ``path`` inside a temporary checkpoint dir."""
+def disk_error(path: Path, exc: OSError, tmp_dir: Path | None = None) -> CheckpointError:
+    """The CheckpointError for an OSError while writing ``path`` (inside ``tmp_dir``)."""
+    if tmp_dir is not None and not tmp_dir.is_dir():
+        return CheckpointError(
+            f"could not write {path}: the temporary checkpoint directory {tmp_dir} is gone (another rank's "
+            "write failed and abandoned it, or begin() ran again). See the first error; the previous "
+            "checkpoint is untouched."
+        )
     full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
     why = "the disk is full (or over quota)" if full else "disk full, read-only or no permission?"
+    abandoned = f" {tmp_dir} was removed to give the space back." if tmp_dir is not None else ""
     return CheckpointError(
         f"could not write {path}: {exc.strerror or exc} ({why}). Nothing was committed and the previous "
-        "checkpoint is untouched; free some space (or lower keep_last) and save again."
+        f"checkpoint is untouched.{abandoned} Free some space (or lower keep_last) and save again."
     )
+
+
+def _make_parents(tmp_dir: Path, path: Path) -> None:
+    """Create the folders between ``tmp_dir`` and ``path`` (never ``tmp_dir`` itself, if it vanished)."""
+    folder = tmp_dir
+    for part in path.relative_to(tmp_dir).parts[:-1]:
+        folder = folder / part
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            pass
 
 
 def write_member(tmp_dir: Path, filename: str, chunks: Iterable[Data], *, manifest: bool = False) -> None:
     """Write ``chunks`` to ``tmp_dir/filename``, fsync it and record its size and sha256 for ``commit``.
 
-    ``manifest=True`` is commit's own write of ``manifest.json`` (no digest recorded). On any OSError the
-    partial file is removed and a :class:`CheckpointError` is raised.
+    ``manifest=True`` is commit's own write of ``manifest.json`` (no digest recorded). On an OSError (a
+    full disk) the checkpoint is abandoned: the whole ``tmp_dir`` is removed to give the space back and
+    a :class:`CheckpointError` is raised. On other errors only the partial file is removed.
     """
     path = tmp_dir / MANIFEST if manifest else writable_member(tmp_dir, filename)
     sink: _HashingSink | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(tmp_dir, path)
         sink = _HashingSink(path)
         for chunk in chunks:
             sink.write(chunk)
@@ -171,7 +190,9 @@ def write_member(tmp_dir: Path, filename: str, chunks: Iterable[Data], *, manife
                 pass
         remove_tree(path)
         if isinstance(exc, OSError):
-            raise disk_error(path, exc) from exc
+            error = disk_error(path, exc, tmp_dir)
+            remove_tree(tmp_dir)
+            raise error from exc
         raise
 
 
@@ -181,7 +202,10 @@ def _digest_file(tmp_dir: Path, filename: str) -> Path:
 
 def _record_digest(tmp_dir: Path, filename: str, size: int, sha256: str) -> None:
     side = _digest_file(tmp_dir, filename)
-    side.parent.mkdir(exist_ok=True)
+    try:
+        side.parent.mkdir()
+    except FileExistsError:
+        pass
     payload = json.dumps({"name": filename, "size": size, "sha256": sha256}).encode()
     side.write_bytes(payload)
 

@@ -248,7 +248,7 @@ def commit(tmp_dir: Path, final_dir: Path, meta: Mapping[str, Any], *, update_la
     if not tmp_dir.is_dir():
         raise CheckpointError(
             f"cannot commit {tmp_dir}: it does not exist. Call begin({final_dir}) first and have every rank "
-            "write into the directory it returns."
+            "write into the directory it returns (if they did, a failed write abandoned it: see that error)."
         )
     try:
         _check_meta(tmp_dir, final_dir, meta)

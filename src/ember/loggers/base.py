@@ -71,10 +71,10 @@ class Logger(abc.ABC):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Record scalar metrics (Python numbers) at ``step``."""
 
-    def log_graph(self, model: Module, input_array: Tensor | None = None) -> None:  # noqa: B027
+    def log_graph(self, model: Module, input_array: Tensor | None = None) -> None:
         """Record the model graph; a no-op unless the logger supports it."""
 
-    def save(self) -> None:  # noqa: B027
+    def save(self) -> None:
         """Flush anything buffered to its destination."""
 
     def finalize(self, status: str) -> None:
@@ -89,7 +89,7 @@ class Logger(abc.ABC):
         """Restore what :meth:`state_dict` returned; call it before anything is logged."""
         check_state(state, type(self).__name__)
 
-    def after_save_checkpoint(self, path: str) -> None:  # noqa: B027
+    def after_save_checkpoint(self, path: str) -> None:
         """Called after a checkpoint directory/file at ``path`` was committed; no-op by default."""
 
 

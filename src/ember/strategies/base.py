@@ -132,6 +132,8 @@ class SingleDeviceStrategy(Strategy):
     """One process, one device."""
 
     name = "single"
+    #: read by the Accelerator: a job with WORLD_SIZE > 1 must not silently train N unsynchronised copies
+    supports_multiprocess = False
 
     def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return module.to(self.device)
