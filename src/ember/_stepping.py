@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from ember.faults import NonFiniteGuard
     from ember.precision import Precision
     from ember.strategies.base import Strategy
 
@@ -35,12 +36,15 @@ class GradientState:
     end_of_dataloader: bool = False
     padding_in_batch: int = 0
     optimizer_steps: int = 0
+    skipped_steps: int = 0
     window_items: torch.Tensor | None = None
+    items_used: bool = False  # window_items were applied by a step: the next backward starts a new count
     prepared: set[int] = field(default_factory=set)
 
     def end_window(self) -> None:
         self.window_micro_steps = 0
         self.window_items = None
+        self.items_used = False
         self.prepared.clear()
 
 
@@ -51,10 +55,16 @@ class Stepper:
         self.state = state
         self.precision = precision
         self.strategy = strategy
+        self.guard: NonFiniteGuard | None = None  # Accelerator(nonfinite="skip"/"halt"), see ember.faults
+        self.skipping: set[int] = set()  # optimizers whose current step the guard decided to skip
 
     def scale_loss(self, loss: torch.Tensor, num_items: Any = None) -> torch.Tensor:
         state = self.state
+        if self.guard is not None:
+            self.guard.note_loss(loss)
         if num_items is not None:
+            if state.items_used:  # without accumulate() nothing else ends the window's item count
+                state.window_items, state.items_used = None, False
             items = torch.as_tensor(num_items, device=loss.device, dtype=torch.float32)
             state.window_items = items if state.window_items is None else state.window_items + items
             loss = loss * items
@@ -68,15 +78,25 @@ class Stepper:
         if id(optimizer) in state.prepared:
             return
         state.prepared.add(id(optimizer))
-        self.precision.unscale_(optimizer)
+        partial = state.reduction == "mean" and 0 < state.window_micro_steps < state.accumulation_steps
+        if self.guard is None and state.window_items is None and not partial:
+            self.precision.unscale_(optimizer)  # the common case: no per-parameter Python work
+            return
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if self.guard is not None:  # before unscaling: a skipped step leaves the GradScaler untouched
+            has_scaler = getattr(self.precision, "scaler", None) is not None
+            if self.guard.check(grads, state.optimizer_steps, self.strategy.device, has_scaler):
+                self.skipping.add(id(optimizer))
+                return
+        self.precision.unscale_(optimizer)
         if not grads:
             return
         if state.window_items is not None:
             total = self.strategy.all_reduce(state.window_items.reshape(1), "sum")
             world = self.strategy.process.world_size
-            factor = (world / total.clamp_min(1.0)).to(grads[0].dtype)
+            factor = (world / total.clamp_min(1.0)).reshape(()).to(grads[0].dtype)
             torch._foreach_mul_(grads, factor)
+            state.items_used = True
         elif (
             state.reduction == "mean"
             and state.accumulation_steps > 1
@@ -141,11 +161,23 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         state = self._stepper.state
         if not state.sync_gradients:
             return
-        self._stepper.prepare_gradients(self.optimizer)
-        kwargs = {"closure": closure} if closure is not None else {}
-        self.step_was_skipped = self._stepper.precision.optimizer_step(self.optimizer, **kwargs)
-        if not self.step_was_skipped:
+        stepper = self._stepper
+        stepper.prepare_gradients(self.optimizer)
+        if id(self.optimizer) in stepper.skipping:  # the non-finite guard decided: skip on every rank
+            stepper.skipping.discard(id(self.optimizer))
+            self.step_was_skipped = True
+        else:
+            kwargs = {"closure": closure} if closure is not None else {}
+            self.step_was_skipped = stepper.precision.optimizer_step(self.optimizer, **kwargs)
+        if self.step_was_skipped:
+            state.skipped_steps += 1
+            if stepper.guard is not None and stepper.strategy.process.rank == 0:
+                from ember.faults import skip_message
+
+                print(skip_message(state.optimizer_steps, state.skipped_steps), flush=True)
+        else:
             state.optimizer_steps += 1
+        state.prepared.discard(id(self.optimizer))  # without accumulate(), every step is its own window
 
     def __getattr__(self, name: str) -> Any:
         if name in ("optimizer", "_stepper"):
