@@ -29,7 +29,9 @@ def assert_same(a: Any, b: Any, where: str = "state") -> None:
             assert_same(x, y, f"{where}[{i}]")
     elif isinstance(a, torch.Tensor):
         assert a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a.cpu(), b.cpu()) or (a.is_floating_point() and torch.allclose(a, b, equal_nan=True)), where
+        assert torch.equal(a.cpu(), b.cpu()) or (
+            a.is_floating_point() and torch.allclose(a, b, equal_nan=True)
+        ), where
     elif isinstance(a, np.ndarray):
         assert a.dtype == b.dtype and a.shape == b.shape, where
         np.testing.assert_array_equal(a, b)
@@ -53,7 +55,7 @@ def file_round_trip(tmp_path: Path, obj: Any, name: str = "thing") -> Any:
 
 
 def test_plain_values_and_tricky_containers_round_trip() -> None:
-    obj = {
+    obj: dict[str, Any] = {
         "none": None,
         "bools": [True, False],
         "ints": [0, -1, 2**70],
@@ -126,7 +128,7 @@ def test_views_shared_storage_and_non_contiguous_tensors(tmp_path: Path) -> None
 
 
 def test_numpy_arrays_round_trip_with_dtype(tmp_path: Path) -> None:
-    obj = [
+    obj: list[np.ndarray[Any, Any]] = [
         np.arange(6, dtype=np.uint32).reshape(2, 3),
         np.array([1.5, -2.0], dtype=np.float16),
         np.array([True, False]),

@@ -46,7 +46,9 @@ def _np_ok(dtype: np.dtype[Any], *, arrays: bool) -> bool:
         return False
     if dtype.kind in "biu":
         return True
-    return (dtype.kind == "f" and dtype.itemsize <= 8) or (arrays and dtype.kind == "c" and dtype.itemsize <= 16)
+    return (dtype.kind == "f" and dtype.itemsize <= 8) or (
+        arrays and dtype.kind == "c" and dtype.itemsize <= 16
+    )
 
 
 def _where(root: str, path: tuple[Any, ...]) -> str:

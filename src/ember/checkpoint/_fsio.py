@@ -146,10 +146,14 @@ def disk_error(path: Path, exc: OSError, tmp_dir: Path | None = None) -> Checkpo
             "checkpoint is untouched."
         )
     full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-    why = "the disk is full (or over quota)" if full else "disk full, read-only or no permission?"
-    abandoned = f" {tmp_dir} was removed to give the space back." if tmp_dir is not None else ""
+    why = (
+        "the disk is full or over quota" if full else "is the disk full or read-only, or permission missing?"
+    )
+    abandoned = (
+        f" The unfinished {tmp_dir} was removed to give its space back." if tmp_dir is not None else ""
+    )
     return CheckpointError(
-        f"could not write {path}: {exc.strerror or exc} ({why}). Nothing was committed and the previous "
+        f"could not write {path}: {exc.strerror or exc} - {why}. Nothing was committed and the previous "
         f"checkpoint is untouched.{abandoned} Free some space (or lower keep_last) and save again."
     )
 

@@ -204,8 +204,10 @@ def _swap_into_place(tmp_dir: Path, final_dir: Path) -> None:
             except OSError:
                 pass  # find_latest / apply_retention recover an orphaned .old-<name>
             raise
-        fsync_dir(parent)
-        remove_tree(old)
+        try:
+            fsync_dir(parent)
+        finally:
+            remove_tree(old)
         return
     fsync_dir(parent)
 
