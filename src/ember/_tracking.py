@@ -30,8 +30,8 @@ class Trackers:
         self._requested: list[Any] = []
         for item in items:
             if isinstance(item, str):
-                if item == "all":
-                    self._requested.extend(TRACKER_NAMES)
+                if item == "all":  # every tracker whose package is installed (csv always is)
+                    self._requested.extend(n for n in TRACKER_NAMES if _installed(n))
                     continue
                 if item not in TRACKER_NAMES:
                     from ember._errors import unknown_value
@@ -81,3 +81,13 @@ class Trackers:
             return
         for logger in self.loggers:
             logger.finalize("success")
+
+
+_PACKAGES = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def _installed(tracker: str) -> bool:
+    import importlib.util
+
+    package = _PACKAGES.get(tracker)
+    return package is None or importlib.util.find_spec(package) is not None

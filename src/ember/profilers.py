@@ -1,14 +1,10 @@
-"""Profilers for the Trainer (``Trainer(profiler="simple" | "advanced" | "pytorch" | Profiler)``).
-
-The Trainer wraps its hooks in ``profiler.profile(action_name)``; the classes also work standalone.
-"""
+"""Profilers for the Trainer: ``Trainer(profiler="simple" | "advanced" | "pytorch" | Profiler)``."""
 
 from __future__ import annotations
 
 import abc
 import contextlib
 import cProfile
-import difflib
 import io
 import os
 import pstats
@@ -18,23 +14,19 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from ember.loggers._utils import did_you_mean
+
 if TYPE_CHECKING:
     import torch.profiler
 
-__all__ = [
-    "AdvancedProfiler",
-    "PassThroughProfiler",
-    "Profiler",
-    "PyTorchProfiler",
-    "SimpleProfiler",
-    "resolve_profiler",
-]
+__all__ = ["AdvancedProfiler", "PassThroughProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler"]
+__all__ += ["resolve_profiler"]
 
 _PATH: TypeAlias = "str | os.PathLike[str] | None"
 
 
 class Profiler(abc.ABC):
-    """Base class: time named actions between :meth:`start` and :meth:`stop`.
+    """Base class: records named actions between :meth:`start` and :meth:`stop` (or in :meth:`profile`).
 
     Args:
         dirpath: Directory for report files; defaults to the ``log_dir`` given to :meth:`setup`.
@@ -45,8 +37,9 @@ class Profiler(abc.ABC):
         >>> class PrintProfiler(Profiler):
         ...     def start(self, action_name): print("start", action_name)
         ...     def stop(self, action_name): print("stop", action_name)
-        >>> with PrintProfiler().profile("step"): pass
+        >>> with PrintProfiler().profile("step"): print("body")
         start step
+        body
         stop step
     """
 
@@ -83,21 +76,16 @@ class Profiler(abc.ABC):
     def describe(self) -> None:
         """Print the report (local rank 0 only) and append it to ``dirpath/filename`` when set."""
         text = self.summary()
-        if not text:
-            return
-        if self._local_rank in (None, 0):
+        if text and self._local_rank in (None, 0):
             print(text)
-        if self.filename:
+        if text and self.filename:
             os.makedirs(self.dirpath or ".", exist_ok=True)
-            path = os.path.join(self.dirpath or ".", self._prepare_filename())
-            with open(path, "a", encoding="utf-8") as file:
+            with open(os.path.join(self.dirpath or ".", self._prepare_filename()), "a") as file:
                 file.write(text + os.linesep)
 
     def setup(self, stage: str, local_rank: int | None = None, log_dir: str | None = None) -> None:
         """Called by the Trainer before ``stage`` (``"fit"``, ``"validate"``, ...) runs."""
-        self._stage = stage
-        self._local_rank = local_rank
-        self.dirpath = self.dirpath or log_dir
+        self._stage, self._local_rank, self.dirpath = stage, local_rank, self.dirpath or log_dir
 
     def teardown(self, stage: str | None) -> None:
         """Called by the Trainer after ``stage``; releases whatever :meth:`setup` acquired."""
@@ -117,9 +105,8 @@ class PassThroughProfiler(Profiler):
 
     Example:
         >>> from ember.profilers import PassThroughProfiler
-        >>> with PassThroughProfiler().profile("step") as name:
-        ...     name
-        'step'
+        >>> with PassThroughProfiler().profile("step") as name: print(name)
+        step
     """
 
     def start(self, action_name: str) -> None:
@@ -134,14 +121,12 @@ class PassThroughProfiler(Profiler):
 
 
 class SimpleProfiler(Profiler):
-    """Wall-clock time per action with ``time.perf_counter``: calls, mean, total and % of the run.
+    """Wall-clock time per action (``time.perf_counter``): calls, mean, total and % of the run.
 
-    It never synchronises CUDA, so GPU-heavy actions show the time to *launch* their work; use
-    :class:`PyTorchProfiler` for kernel times.
+    It never synchronises CUDA: GPU actions show their launch time (:class:`PyTorchProfiler` shows kernels).
 
     Args:
-        dirpath: Directory for the report file.
-        filename: If set, the report is also appended to a ``.txt`` file in ``dirpath``.
+        dirpath, filename: Where :meth:`describe` also writes the report (see :class:`Profiler`).
         extended: Add the call count and percentage columns.
 
     Example:
@@ -180,14 +165,11 @@ class SimpleProfiler(Profiler):
             return ""
         wall = time.perf_counter() - self.start_time
         rows = sorted(self.recorded.items(), key=lambda item: item[1][1], reverse=True)
-        if self.extended:
-            header = ["Action", "Mean duration (s)", "Num calls", "Total time (s)", "Percentage %"]
-            body = [[a, f"{t / n:.5g}", str(n), f"{t:.5g}", f"{100 * t / wall:.3g}"] for a, (n, t) in rows]
-            total_calls = sum(n for n, _ in self.recorded.values())
-            body.insert(0, ["Total", "-", str(total_calls), f"{wall:.5g}", "100"])
-        else:
-            header = ["Action", "Mean duration (s)", "Total time (s)"]
-            body = [[a, f"{t / n:.5g}", f"{t:.5g}"] for a, (n, t) in rows]
+        header = ["Action", "Mean duration (s)", "Num calls", "Total time (s)", "Percentage %"]
+        body = [[a, f"{t / n:.5g}", str(n), f"{t:.5g}", f"{100 * t / wall:.3g}"] for a, (n, t) in rows]
+        body.insert(0, ["Total", "-", str(sum(n for n, _ in self.recorded.values())), f"{wall:.5g}", "100"])
+        if not self.extended:  # action, mean, total
+            header, body = [header[i] for i in (0, 1, 3)], [[r[i] for i in (0, 1, 3)] for r in body[1:]]
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
         lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in [header, *body]]
         rule = "-" * len(lines[0])
@@ -200,8 +182,7 @@ class AdvancedProfiler(Profiler):
     Nested actions are attributed to the innermost one (the outer profile pauses meanwhile).
 
     Args:
-        dirpath: Directory for the report file (and ``.prof`` dumps).
-        filename: If set, the report is also appended to a ``.txt`` file in ``dirpath``.
+        dirpath, filename: Where :meth:`describe` also writes the report (see :class:`Profiler`).
         line_count_restriction: Rows per action: an int count or a fraction in ``(0, 1]``.
         dump_stats: Also write each action's raw stats to ``dirpath`` as ``.prof`` (for snakeviz etc.).
 
@@ -252,17 +233,15 @@ class AdvancedProfiler(Profiler):
                 os.makedirs(self.dirpath or ".", exist_ok=True)
                 prof.dump_stats(os.path.join(self.dirpath or ".", self._prepare_filename(action, ".prof")))
             stream = io.StringIO()
-            try:
-                stats = pstats.Stats(prof, stream=stream)
-            except TypeError:  # nothing was recorded
-                continue
-            stats.strip_dirs().sort_stats("cumulative").print_stats(self.line_count_restriction)
+            pstats.Stats(prof, stream=stream).strip_dirs().sort_stats("cumulative").print_stats(
+                self.line_count_restriction
+            )
             sections += [f"Profile stats for: {action}", stream.getvalue()]
         return os.linesep.join(sections) if len(sections) > 1 else ""
 
     def teardown(self, stage: str | None) -> None:
         """Stop any running profile."""
-        for action in reversed(self._active):
+        for action in self._active:
             self.profiled_actions[action].disable()
         self._active.clear()
 
@@ -270,21 +249,17 @@ class AdvancedProfiler(Profiler):
 class PyTorchProfiler(Profiler):
     r"""Operator-level CPU/CUDA profile with ``torch.profiler``, plus a Chrome trace.
 
-    Starts with the first action; each action is a ``record_function`` range ``[ember]<action>``.
-    When it stops (:meth:`summary`, :meth:`describe`, :meth:`teardown`) the trace is written to
-    ``dirpath/*.pt.trace.json`` (open in ``chrome://tracing`` or https://ui.perfetto.dev). With a
-    ``schedule``, each ``*_step`` action steps the profiler and every active cycle writes a trace.
+    Starts with the first action; each action becomes a ``record_function`` range ``[ember]<action>``. When
+    it stops (:meth:`summary`, :meth:`describe`, :meth:`teardown`) the trace goes to ``dirpath/*.pt.trace.json``
+    (open in https://ui.perfetto.dev). With a ``schedule``, ``*_step`` actions step it; each cycle writes a trace.
 
     Args:
-        dirpath: Directory for traces and the report file.
-        filename: If set, the report is also appended to a ``.txt`` file; also names the trace.
-        record_shapes / profile_memory / with_stack: Passed to ``torch.profiler.profile``.
+        dirpath, filename: Where traces and the report go (see :class:`Profiler`).
+        record_shapes, profile_memory, with_stack, \**profiler_kwargs: Passed to ``torch.profiler.profile``.
         schedule: A ``torch.profiler.schedule(...)`` to profile only some steps of long runs.
-        export_to_chrome: Write the Chrome trace JSON.
-        row_limit: Rows of the summary table (``-1``: all).
+        export_to_chrome, row_limit: Write the Chrome trace JSON; rows in the summary table (``-1``: all).
         sort_by_key: Summary sort column; default ``cuda_time_total`` if CUDA is profiled, else ``cpu_time_total``.
         group_by_input_shapes: Group the summary by input shapes (needs ``record_shapes``).
-        \**profiler_kwargs: More ``torch.profiler.profile`` arguments (``activities``, ``with_flops``, ...).
 
     Example:
         >>> import tempfile, torch
@@ -296,8 +271,8 @@ class PyTorchProfiler(Profiler):
     """
 
     STEP_FUNCTIONS = ("training_step", "validation_step", "test_step", "predict_step")
-    AVAILABLE_SORT_KEYS = tuple(
-        "count cpu_time cuda_time device_time cpu_time_total cuda_time_total device_time_total "
+    AVAILABLE_SORT_KEYS = tuple(  # what EventList.table(sort_by=...) accepts
+        "count cpu_time cuda_time device_time cpu_time_total cuda_time_total device_time_total "  # noqa: SIM905
         "self_cpu_time_total self_cuda_time_total self_device_time_total cpu_memory_usage cuda_memory_usage "
         "device_memory_usage self_cpu_memory_usage self_cuda_memory_usage self_device_memory_usage".split()
     )
@@ -317,22 +292,16 @@ class PyTorchProfiler(Profiler):
         **profiler_kwargs: Any,
     ) -> None:
         super().__init__(dirpath=dirpath, filename=filename)
-        if sort_by_key is not None and sort_by_key not in self.AVAILABLE_SORT_KEYS:
-            valid, hint = (
-                ", ".join(self.AVAILABLE_SORT_KEYS),
-                _did_you_mean(sort_by_key, self.AVAILABLE_SORT_KEYS),
-            )
-            raise ValueError(f"Invalid sort_by_key={sort_by_key!r}; valid keys: {valid}.{hint}")
+        keys = self.AVAILABLE_SORT_KEYS
+        if sort_by_key is not None and sort_by_key not in keys:
+            hint = did_you_mean(sort_by_key, keys)
+            raise ValueError(f"Invalid sort_by_key={sort_by_key!r}; valid keys: {', '.join(keys)}.{hint}")
         if schedule is not None and not callable(schedule):
-            raise TypeError(
-                f"schedule must be a callable like torch.profiler.schedule(...), not {schedule!r}."
-            )
-        self._kwargs: dict[str, Any] = {"record_shapes": record_shapes, "profile_memory": profile_memory}
-        self._kwargs.update(with_stack=with_stack, **profiler_kwargs)
-        self._schedule = schedule
-        self._export_to_chrome = export_to_chrome
-        self._row_limit = row_limit
-        self._sort_by_key = sort_by_key
+            raise TypeError(f"schedule must be a callable (torch.profiler.schedule(...)), not {schedule!r}.")
+        kw = {"record_shapes": record_shapes, "profile_memory": profile_memory, "with_stack": with_stack}
+        self._kwargs: dict[str, Any] = {**profiler_kwargs, **kw}
+        self._schedule, self._export_to_chrome = schedule, export_to_chrome
+        self._row_limit, self._sort_by_key = row_limit, sort_by_key
         self._group_by_input_shapes = group_by_input_shapes and record_shapes
         self.profiler: torch.profiler.profile | None = None
         self._ranges: dict[str, Any] = {}
@@ -364,13 +333,12 @@ class PyTorchProfiler(Profiler):
         import torch
         from torch.profiler import ProfilerActivity
 
-        kwargs = dict(self._kwargs)
-        if not kwargs.get("activities"):
-            cuda = torch.cuda.is_available()
-            kwargs["activities"] = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+        kwargs: dict[str, Any] = dict(self._kwargs)
+        cuda = [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+        kwargs["activities"] = kwargs.get("activities") or [ProfilerActivity.CPU, *cuda]
         if self._sort_by_key is None:
-            cuda = ProfilerActivity.CUDA in kwargs["activities"]
-            self._sort_by_key = "cuda_time_total" if cuda else "cpu_time_total"
+            on_gpu = ProfilerActivity.CUDA in kwargs["activities"]
+            self._sort_by_key = "cuda_time_total" if on_gpu else "cpu_time_total"
         if self._schedule is not None:
             kwargs.update(schedule=self._schedule, on_trace_ready=self._on_trace_ready)
         self.profiler = torch.profiler.profile(**kwargs)
@@ -378,56 +346,37 @@ class PyTorchProfiler(Profiler):
 
     def _on_trace_ready(self, prof: torch.profiler.profile) -> None:
         self._averages = prof.key_averages(group_by_input_shape=self._group_by_input_shapes)
-        if not self._export_to_chrome:
-            return
-        if self.dirpath is None:
-            msg = "PyTorchProfiler has no dirpath, so no Chrome trace was written; pass dirpath=..."
-            warnings.warn(msg + " (the Trainer sets it to its log_dir).", stacklevel=2)
-            return
-        suffix = f"-step{prof.step_num}" if self._schedule is not None else ""
-        path = os.path.join(self.dirpath, self._prepare_filename(extension=f"{suffix}.pt.trace.json"))
-        os.makedirs(self.dirpath, exist_ok=True)
-        prof.export_chrome_trace(path)
-        self.trace_paths.append(path)
+        if self._export_to_chrome and self.dirpath is None:
+            warnings.warn("PyTorchProfiler has no dirpath, so no Chrome trace was written.", stacklevel=2)
+        elif self._export_to_chrome and self.dirpath is not None:
+            suffix = f"-step{prof.step_num}" if self._schedule is not None else ""
+            path = os.path.join(self.dirpath, self._prepare_filename(extension=f"{suffix}.pt.trace.json"))
+            os.makedirs(self.dirpath, exist_ok=True)
+            prof.export_chrome_trace(path)
+            self.trace_paths.append(path)
 
-    def _stop_profiler(self) -> None:
+    def teardown(self, stage: str | None) -> None:
+        """Stop the profiler (writing the trace) if it is still running."""
         for scope in reversed(list(self._ranges.values())):
             scope.__exit__(None, None, None)
         self._ranges.clear()
         prof, self.profiler = self.profiler, None
-        if prof is None:
-            return
-        prof.__exit__(None, None, None)  # type: ignore[no-untyped-call]
-        if self._schedule is None:
-            self._on_trace_ready(prof)
+        if prof is not None:
+            prof.__exit__(None, None, None)  # type: ignore[no-untyped-call]
+            if self._schedule is None:
+                self._on_trace_ready(prof)
 
     def summary(self) -> str:
         """Stop the profiler (writing the trace) and return the ``key_averages`` table."""
-        self._stop_profiler()
-        if self._averages is None or len(self._averages) == 0:
+        self.teardown(self._stage)
+        if not self._averages:
             return ""
         table = self._averages.table(sort_by=self._sort_by_key, row_limit=self._row_limit)
         return self._header() + os.linesep + str(table)
 
-    def teardown(self, stage: str | None) -> None:
-        """Stop the profiler (writing the trace) if it is still running."""
-        self._stop_profiler()
-
-
-def _did_you_mean(value: str, choices: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(value, choices, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
-_PROFILERS: dict[str, type[Profiler]] = {"simple": SimpleProfiler, "advanced": AdvancedProfiler}
-_PROFILERS["pytorch"] = PyTorchProfiler
-
 
 def resolve_profiler(value: str | Profiler | None) -> Profiler:
-    """Turn the Trainer's ``profiler=`` argument into a :class:`Profiler`.
-
-    ``None`` gives a :class:`PassThroughProfiler`; ``"simple"``, ``"advanced"`` and ``"pytorch"``
-    give that profiler with default arguments; a :class:`Profiler` is returned as is.
+    """The Trainer's ``profiler=``: ``None`` -> pass-through, ``"simple"``/``"advanced"``/``"pytorch"``, or a Profiler.
 
     Example:
         >>> from ember.profilers import resolve_profiler
@@ -440,9 +389,11 @@ def resolve_profiler(value: str | Profiler | None) -> Profiler:
         return value
     if not isinstance(value, str):
         raise TypeError(f"profiler must be a name, a Profiler instance or None, got {type(value).__name__}.")
-    cls = _PROFILERS.get(value.strip().lower())
+    profilers: dict[str, type[Profiler]] = {"simple": SimpleProfiler, "advanced": AdvancedProfiler}
+    profilers["pytorch"] = PyTorchProfiler
+    cls = profilers.get(value.strip().lower())
     if cls is None:
-        valid = ", ".join(repr(name) for name in _PROFILERS)
-        hint = _did_you_mean(value.strip().lower(), tuple(_PROFILERS))
+        valid = ", ".join(repr(name) for name in profilers)
+        hint = did_you_mean(value.strip().lower(), profilers)
         raise ValueError(f"Unknown profiler {value!r}. Valid names: {valid} (or a Profiler, or None).{hint}")
     return cls()

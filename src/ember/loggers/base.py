@@ -8,7 +8,7 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ember.loggers._utils import check_state, next_version
+from ember.loggers._utils import check_state, check_status, next_version
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -79,6 +79,7 @@ class Logger(abc.ABC):
 
     def finalize(self, status: str) -> None:
         """Flush and close the run; ``status`` is ``"success"``, ``"failed"`` or ``"interrupted"``."""
+        check_status(status)
         self.save()
 
     def state_dict(self) -> dict[str, Any]:

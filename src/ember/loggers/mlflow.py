@@ -74,9 +74,13 @@ class MLFlowLogger(Logger):
     """Log to `MLflow <https://mlflow.org>`_. Needs ``pip install ember[mlflow]`` (mlflow-skinny).
 
     Without a ``tracking_uri`` (and no ``MLFLOW_TRACKING_URI``), runs go to a local file store in
-    ``save_dir`` (``./mlruns``), viewable with ``mlflow ui --backend-store-uri ./mlruns``.
-    A database store (``sqlite:///mlflow.db``) needs ``pip install sqlalchemy alembic`` (or full
-    ``mlflow``). Metrics are sent with ``log_batch`` (one request per :meth:`log_metrics` call).
+    ``save_dir`` (``./mlruns``), as in Lightning. MLflow 3 refuses file stores unless
+    ``MLFLOW_ALLOW_FILE_STORE=true``; this logger opts in for its own store only (an explicit value
+    in the environment wins). To browse it, install the full ``mlflow`` package (the UI is not in
+    mlflow-skinny) and run ``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri ./mlruns``, or
+    convert it with ``mlflow migrate-filestore``. A database store (``sqlite:///mlflow.db``) needs
+    ``pip install sqlalchemy alembic`` (or full ``mlflow``). Metrics are sent with ``log_batch``
+    (one request per :meth:`log_metrics` call).
 
     Args:
         experiment_name: MLflow experiment (created if missing).
@@ -144,7 +148,7 @@ class MLFlowLogger(Logger):
 
     @property
     def experiment(self) -> MlflowClient:
-        """The ``MlflowClient``; on first access the experiment and run are created (or reopened)."""
+        """The ``MlflowClient``; accessing it creates the experiment and run, or reopens a finished run."""
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
@@ -189,15 +193,17 @@ class MLFlowLogger(Logger):
 
     @property
     def run_id(self) -> str:
-        """The MLflow run id (starts the run if needed)."""
-        _ = self.experiment
+        """The MLflow run id (starts the run if there is none yet)."""
+        if self._run_id is None:
+            _ = self.experiment
         assert self._run_id is not None
         return self._run_id
 
     @property
     def experiment_id(self) -> str:
-        """The MLflow experiment id (starts the run if needed)."""
-        _ = self.experiment
+        """The MLflow experiment id (starts the run if there is none yet)."""
+        if self._experiment_id is None:
+            _ = self.experiment
         assert self._experiment_id is not None
         return self._experiment_id
 
