@@ -52,7 +52,7 @@ class ProcessInfo:
                 rank=int(env["SLURM_PROCID"]),
                 world_size=world,
                 local_rank=int(env.get("SLURM_LOCALID", 0)),
-                local_world_size=int(env.get("SLURM_NTASKS_PER_NODE", world).split("(")[0]),
+                local_world_size=int(str(env.get("SLURM_NTASKS_PER_NODE", world)).split("(")[0]),  # "2(x3)" too
                 node_rank=int(env.get("SLURM_NODEID", 0)),
                 source="slurm",
             )

@@ -116,8 +116,8 @@ class DataPreparer:
     def _on_batch_factory(self, num_padded: int) -> Any:
         state = self.acc.gradient_state
 
-        def on_batch(last: bool) -> None:
-            state.end_of_dataloader = last
+        def on_batch(last: bool | None) -> None:  # None: the loader finished its epoch
+            state.end_of_dataloader = bool(last)
             state.padding_in_batch = num_padded if last else 0
 
         return on_batch

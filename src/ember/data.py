@@ -209,7 +209,7 @@ class DeviceLoader:
         dataloader: DataLoader[Any],
         device: torch.device,
         *,
-        on_batch: Callable[[bool], None] | None = None,
+        on_batch: Callable[[bool | None], None] | None = None,
         convert: Callable[[Any], Any] | None = None,
         sampler: ResumableSampler | None = None,
         device_placement: bool = True,
@@ -227,6 +227,8 @@ class DeviceLoader:
         self._stream: torch.cuda.Stream | None = (
             torch.cuda.Stream(device) if device.type == "cuda" and device_placement else None  # type: ignore[no-untyped-call,unused-ignore]
         )
+        # DataLoader batches are built in host memory: on a CPU device there is nothing to move, per batch
+        self._host_only = device.type == "cpu"
         self.end_of_dataloader = False
 
     # DataLoader-like surface -------------------------------------------------------------------------
@@ -257,7 +259,7 @@ class DeviceLoader:
     def _move(self, batch: Any) -> Any:
         if self._convert is not None:
             batch = self._convert(batch)
-        if not self.device_placement:
+        if not self.device_placement or self._host_only:
             return batch
         if self._stream is None:
             return move_to_device(batch, self.device, non_blocking=False)
@@ -319,6 +321,9 @@ class DeviceLoader:
 
     def _finish_epoch(self) -> None:
         self.state = LoaderState(epoch=self.state.epoch + 1, batches_consumed=0)
+        self.end_of_dataloader = False
+        if self._on_batch is not None:
+            self._on_batch(None)  # the epoch is over: later accumulate() steps are not "end of data"
 
 
 def sampler_kind(dataloader: DataLoader[Any]) -> str:

@@ -79,6 +79,9 @@ class LaunchConfig:
                     f"{source}: unknown key {key!r}.{did_you_mean(key, [*known, *ACCEPTED_IGNORED])} "
                     f"Valid keys: {', '.join(sorted(known))}."
                 )
+        for section in ("fsdp_config", "deepspeed_config"):
+            if section in values and values[section] is None:  # an empty section in YAML reads as null
+                values[section] = {}
         cfg = cls(**values)
         cfg.validate(source)
         return cfg
@@ -94,15 +97,20 @@ class LaunchConfig:
         return cls.from_dict(raw, source=str(p))
 
     def validate(self, source: str = "config") -> None:
-        self.distributed_type = str(self.distributed_type).upper()
+        self.distributed_type = _yaml_no(self.distributed_type, "NO").upper()
         if self.distributed_type not in DISTRIBUTED_TYPES:
             raise unknown_value(f"{source}: distributed_type", self.distributed_type, list(DISTRIBUTED_TYPES))
-        self.mixed_precision = str(self.mixed_precision).lower()
+        self.mixed_precision = _yaml_no(self.mixed_precision, "no").lower()
         if self.mixed_precision not in MIXED_PRECISION:
             raise unknown_value(f"{source}: mixed_precision", self.mixed_precision, MIXED_PRECISION)
         for name in ("num_processes", "num_machines"):
             if int(getattr(self, name)) < 1:
                 raise EmberConfigError(f"{source}: {name}={getattr(self, name)} must be >= 1.")
+        if self.distributed_type == "NO" and self.num_processes > 1:
+            raise EmberConfigError(
+                f"{source}: distributed_type=NO runs one process, but num_processes={self.num_processes}. Use "
+                "distributed_type: MULTI_CPU or MULTI_GPU to train on several processes, or num_processes: 1."
+            )
         if self.num_processes % self.num_machines:
             raise EmberConfigError(
                 f"{source}: num_processes={self.num_processes} (processes in all) must be a multiple of "
@@ -125,6 +133,11 @@ class LaunchConfig:
     def to_yaml(self) -> str:
         data = {k: v for k, v in asdict(self).items() if v not in (None, {}, [])}
         return yaml.safe_dump(data, sort_keys=False)
+
+
+def _yaml_no(value: object, spelled: str) -> str:
+    """YAML 1.1 reads an unquoted ``NO`` / ``no`` as the boolean False; hand-written configs use it unquoted."""
+    return spelled if value is False else str(value)
 
 
 def _check_keys(section: Any, valid: tuple[str, ...], where: str) -> None:

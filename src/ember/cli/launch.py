@@ -54,6 +54,22 @@ def torchrun_args(cfg: LaunchConfig, script: str, script_args: Sequence[str]) ->
     return [*args, script, *script_args]
 
 
+def job_exit_code(codes: Sequence[int]) -> int:
+    """The exit status of a failed job from its ranks' codes: ``ember.faults.PREEMPTED_EXIT_CODE`` if any rank
+    stopped on a preemption (the others were then stopped by the agent), else the first rank's, with a death by
+    signal N reported as 128 + N like a shell does.
+
+    >>> job_exit_code([-15, 75]), job_exit_code([-9, 1])
+    (75, 137)
+    """
+    from ember.faults import PREEMPTED_EXIT_CODE
+
+    if PREEMPTED_EXIT_CODE in codes:
+        return PREEMPTED_EXIT_CODE
+    code = codes[0] if codes else 1
+    return 128 - code if code < 0 else (code or 1)
+
+
 def launch(cfg: LaunchConfig, script: str, script_args: Sequence[str]) -> int:
     """Run ``script`` under torch's elastic agent; returns the job's exit code."""
     from torch.distributed import run as torchrun
@@ -67,13 +83,17 @@ def launch(cfg: LaunchConfig, script: str, script_args: Sequence[str]) -> int:
     if cfg.gradient_accumulation_steps:
         os.environ["EMBER_GRADIENT_ACCUMULATION_STEPS"] = str(cfg.gradient_accumulation_steps)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, cfg.num_processes))))
-    args = torchrun.get_args_parser().parse_args(torchrun_args(cfg, script, script_args))
+    # The script's own arguments are set after parsing: argparse would otherwise read a script flag that
+    # abbreviates a torchrun option (e.g. --signal for --signals-to-handle) as torchrun's.
+    args = torchrun.get_args_parser().parse_args(torchrun_args(cfg, script, []))
+    args.training_script_args = list(script_args)
+    if "SIGUSR1" not in str(getattr(args, "signals_to_handle", "SIGUSR1")):  # SLURM's pre-preemption signal
+        args.signals_to_handle = f"{args.signals_to_handle},SIGUSR1"
     try:
         torchrun.run(args)  # type: ignore[no-untyped-call,unused-ignore]
     except Exception as err:  # ChildFailedError: torch already printed which rank failed and why
-        exit_code = getattr(err, "failures", None)
-        if exit_code:
-            first = next(iter(exit_code.values()))
-            return int(getattr(first, "exitcode", 1)) or 1
+        failures = getattr(err, "failures", None)
+        if failures:
+            return job_exit_code([int(getattr(f, "exitcode", 1)) for f in failures.values()])
         raise
     return 0

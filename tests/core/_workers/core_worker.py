@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BATCH, LR, make_data, make_model  # noqa: E402
+from common import BATCH, LR, make_data, make_model
 
-from ember import Accelerator  # noqa: E402
+from ember import Accelerator
 
 
 def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -111,6 +111,24 @@ def scheduler_checks(out: dict[str, Any]) -> None:
     out["scheduler_optimizer_steps"] = acc.step
 
 
+def num_items_check(tensors: dict[str, Any]) -> None:
+    """Micro-batches of different sizes on each rank (rank 0: 1 and 3 items, rank 1: 2 and 4), weighted with
+    ``num_items``: the one optimizer step must use the mean gradient over all 10 items of both ranks."""
+    acc = Accelerator(cpu=True, mixed_precision="no", gradient_accumulation_steps=2)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    model, opt = acc.prepare(model, opt)
+    x, y = make_data(10)
+    slices = [(0, 1), (1, 4)] if acc.process_index == 0 else [(4, 6), (6, 10)]
+    for lo, hi in slices:
+        with acc.accumulate(model):
+            acc.backward(F.mse_loss(model(x[lo:hi]), y[lo:hi]), num_items=hi - lo)
+            opt.step()
+            opt.zero_grad()
+    assert acc.step == 1
+    tensors["num_items"] = params(acc.unwrap_model(model))
+
+
 def main() -> None:
     out_dir, mode = Path(sys.argv[1]), sys.argv[2]
     acc = Accelerator(cpu=True)  # precision and strategy as the launcher says (EMBER_* variables)
@@ -130,6 +148,7 @@ def main() -> None:
         accum = train(Accelerator(cpu=True, mixed_precision="no", gradient_accumulation_steps=3), count_hooks=True)
         tensors["accum"] = accum.pop("params")
         out["accum"] = accum
+        num_items_check(tensors)
         gather_checks(out)
         scheduler_checks(out)
     torch.save(tensors, out_dir / f"rank{acc.process_index}.pt")
