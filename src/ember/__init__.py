@@ -25,8 +25,12 @@ _EXPORTS: dict[str, str] = {
     "DDPStrategy": "ember.strategies.ddp",
     "SingleDeviceStrategy": "ember.strategies.base",
     "ProcessInfo": "ember._env",
+    "Module": "ember.trainer.module",
+    "LightningModule": "ember.trainer.module",
+    "Trainer": "ember.trainer.trainer",
+    "Callback": "ember.callbacks.base",
 }
-_SUBMODULES = ("callbacks", "loggers", "checkpoint", "data", "precision", "strategies", "profilers")
+_SUBMODULES = ("callbacks", "loggers", "checkpoint", "data", "precision", "strategies", "profilers", "trainer")
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
@@ -36,9 +40,12 @@ if TYPE_CHECKING:
     from ember._handlers import DistributedDataParallelKwargs, GradScalerKwargs, InitProcessGroupKwargs
     from ember._seed import set_seed
     from ember.accelerator import Accelerator
+    from ember.callbacks.base import Callback
     from ember.precision import Precision
     from ember.strategies.base import SingleDeviceStrategy, Strategy
     from ember.strategies.ddp import DDPStrategy
+    from ember.trainer.module import LightningModule, Module
+    from ember.trainer.trainer import Trainer
 
 
 def __getattr__(name: str) -> Any:

@@ -22,12 +22,13 @@ import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch.utils.data import DataLoader
 
 from ember import _collectives as C
+from ember import faults
 from ember._env import ProcessInfo
 from ember._errors import EmberConfigError, unknown_value
 from ember._handlers import resolve_handlers
@@ -64,6 +65,11 @@ class Accelerator:
         seed: seed every RNG now and the sampler shuffle order; None draws a sampler seed once.
         even_batches: pad the last round so every rank sees the same number of batches (default True).
         verbose: print once, at the first ``prepare``, what ember changed on your objects.
+        handle_signals: True installs SIGTERM and SIGUSR1 handlers (or pass a list of signals) that only set a
+            flag; :meth:`preempted` then agrees on it across ranks at a step boundary. See :mod:`ember.faults`.
+        nonfinite: "off" (default), "skip" or "halt": what a step with inf/NaN loss or gradients on any rank
+            does, decided identically on every rank (costs one host sync per optimizer step, hence off by
+            default; under fp16 the GradScaler already skips overflowing steps). See :mod:`ember.faults`.
     """
 
     def __init__(
@@ -84,6 +90,8 @@ class Accelerator:
         step_scheduler_with_optimizer: bool = True,
         verbose: bool = True,
         process: ProcessInfo | None = None,
+        handle_signals: bool | Sequence[int | str] = False,
+        nonfinite: str = "off",
     ) -> None:
         self.process = process if process is not None else ProcessInfo.from_env()
         # --- validate everything before any process group, model or data work (rule 5) --------------
@@ -101,6 +109,8 @@ class Accelerator:
         if accumulation_reduction not in ("mean", "sum"):
             raise unknown_value("accumulation_reduction", accumulation_reduction, ["mean", "sum"])
         handlers = resolve_handlers(kwargs_handlers)
+        faults.check_nonfinite_mode(nonfinite)
+        signals = faults.resolve_signals(handle_signals)
         self.device = self._select_device(cpu, accelerator)
         if mixed_precision is None:
             mixed_precision = os.environ.get("EMBER_MIXED_PRECISION") or None
@@ -128,6 +138,8 @@ class Accelerator:
         self.seed = seed
         self.gradient_state = GradientState(gradient_accumulation_steps, accumulation_reduction)
         self._stepper = Stepper(self.gradient_state, self.precision, self.strategy)
+        if nonfinite != "off":
+            self._stepper.guard = faults.NonFiniteGuard(nonfinite, self.strategy)
         self._data_even_batches = even_batches
         self._data = DataPreparer(self)
         self._models: list[torch.nn.Module] = []
@@ -141,6 +153,7 @@ class Accelerator:
         from ember._tracking import Trackers
 
         self.trackers = Trackers(self, log_with)
+        self._preemption = faults.PreemptionHandler(signals).install() if signals else None
 
     # ------------------------------------------------------------------------------------------------
     # process facts
@@ -221,6 +234,11 @@ class Accelerator:
     def optimizer_step_was_skipped(self) -> bool:
         return any(opt.step_was_skipped for opt in self._optimizers)
 
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped so far (fp16 overflow or ``nonfinite="skip"``); saved with the state."""
+        return self.gradient_state.skipped_steps
+
     def print(self, *args: Any, **kwargs: Any) -> None:
         """``print`` on the local main process only."""
         if self.is_local_main_process:
@@ -287,9 +305,17 @@ class Accelerator:
         self._schedulers.append(wrapped)
         return wrapped
 
-    def prepare_data_loader(self, dataloader: DataLoader[Any], device_placement: bool = True) -> DeviceLoader:
+    def prepare_data_loader(
+        self, dataloader: DataLoader[Any], device_placement: bool = True, *, track_state: bool = True
+    ) -> DeviceLoader:
+        """Shard ``dataloader`` across processes and move its batches to the device.
+
+        ``track_state=False`` leaves the loader out of :meth:`save_state` / :meth:`load_state` (evaluation
+        loaders that always restart from their beginning), so checkpoints hold only the loaders to resume.
+        """
         loader = self._data.prepare(dataloader, device_placement, self._notes)
-        self._dataloaders.append(loader)
+        if track_state:
+            self._dataloaders.append(loader)
         return loader
 
     # ------------------------------------------------------------------------------------------------
@@ -304,26 +330,32 @@ class Accelerator:
         micro-batches and ranks.
         """
         scaled = self._stepper.scale_loss(loss, num_items)
-        if kwargs:
-            scaled.backward(**kwargs)  # type: ignore[no-untyped-call,unused-ignore]
-        else:
-            self.strategy.backward(scaled)  # type: ignore[no-untyped-call,unused-ignore]
+        with faults.named_collective(self.strategy, "backward()", lambda: self.step):
+            if kwargs:
+                scaled.backward(**kwargs)  # type: ignore[no-untyped-call,unused-ignore]
+            else:
+                self.strategy.backward(scaled)  # type: ignore[no-untyped-call,unused-ignore]
 
     @contextlib.contextmanager
     def accumulate(self, *models: torch.nn.Module) -> Iterator[None]:
         """One micro-step. Gradients are synchronised and the optimizer steps only when the window ends
-        (every ``gradient_accumulation_steps`` micro-steps, or at the end of the dataloader)."""
+        (every ``gradient_accumulation_steps`` micro-steps, or at the end of the dataloader).
+
+        The window's bookkeeping is cleared when the *next* window begins, so ``optimizer.step()`` and
+        ``clip_grad_norm_`` give the same result inside the block or right after it."""
         state = self.gradient_state
+        if state.sync_gradients:  # the previous micro-step ended a window (or this is the first one)
+            state.end_window()
         state.window_micro_steps += 1
         boundary = state.window_micro_steps >= state.accumulation_steps or state.end_of_dataloader
         state.sync_gradients = boundary
-        with contextlib.ExitStack() as stack:
-            if not boundary:
-                for model in models or self._models:
-                    stack.enter_context(self.strategy.no_backward_sync(model))
+        if boundary:  # the common case (and every step without accumulation): nothing to enter
             yield
-        if boundary:
-            state.end_window()
+            return
+        with contextlib.ExitStack() as stack:
+            for model in models or self._models:
+                stack.enter_context(self.strategy.no_backward_sync(model))
+            yield
 
     @contextlib.contextmanager
     def no_sync(self, model: torch.nn.Module) -> Iterator[None]:
@@ -410,7 +442,41 @@ class Accelerator:
 
     def wait_for_everyone(self) -> None:
         """Barrier across all processes."""
-        self.strategy.barrier()
+        with faults.named_collective(self.strategy, "wait_for_everyone()", lambda: self.step):
+            self.strategy.barrier()
+
+    # ------------------------------------------------------------------------------------------------
+    # faults (see ember.faults and docs/faults.md)
+    # ------------------------------------------------------------------------------------------------
+    def preempted(self, every_n_steps: int = 1) -> bool:
+        """True on every rank once any rank received a preemption signal (``handle_signals=True``).
+
+        Call it at a step boundary (after ``optimizer.step()``); inside an accumulation window it returns
+        False without communicating. It agrees across ranks with one all-reduce of one int, at most once per
+        optimizer step and only every ``every_n_steps`` steps; without ``handle_signals`` it is always False
+        and free.
+
+        >>> from ember import Accelerator
+        >>> accelerator = Accelerator(cpu=True, handle_signals=True)
+        >>> if accelerator.preempted():      # in the loop, after optimizer.step()
+        ...     accelerator.save_state()
+        ...     accelerator.exit_preempted()  # exits with ember.faults.PREEMPTED_EXIT_CODE (75)
+        >>> accelerator.end_training()
+        """
+        if self._preemption is None or not self.gradient_state.sync_gradients:
+            return False
+        return self._preemption.agreed(self.strategy, self.step, self.device, max(1, every_n_steps))
+
+    def exit_preempted(self) -> NoReturn:
+        """Finish trackers, close the process group and exit with ``ember.faults.PREEMPTED_EXIT_CODE``.
+
+        Call it after :meth:`save_state` once :meth:`preempted` returned True (on every rank).
+        """
+        self.trackers.finish()
+        if self._preemption is not None:  # the launcher may signal again while we exit: the state is saved
+            self._preemption.ignore()
+        self.strategy.teardown()
+        raise SystemExit(faults.PREEMPTED_EXIT_CODE)
 
     @contextlib.contextmanager
     def main_process_first(self) -> Iterator[None]:
@@ -496,6 +562,8 @@ class Accelerator:
         """Finish trackers, wait for every process and close the process group."""
         self.trackers.finish()
         self.wait_for_everyone()
+        if self._preemption is not None:
+            self._preemption.uninstall()
         self.strategy.teardown()
 
     def free_memory(self, *objects: Any) -> tuple[Any, ...]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
     from ember.trainer.module import Module
     from ember.trainer.trainer import Trainer
 

@@ -1,0 +1,93 @@
+"""The adapter behind :meth:`ember.Module.wrap`: a plain ``nn.Module`` that returns its own loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from ember._errors import EmberConfigError, unknown_value
+from ember.trainer.module import Module
+
+
+def call_model(model: torch.nn.Module, batch: Any) -> Any:
+    """``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple/list, else ``model(batch)``."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def loss_of(output: Any) -> torch.Tensor:
+    """The loss in a model output: a tensor, ``output.loss`` or ``output["loss"]``."""
+    loss = output if isinstance(output, torch.Tensor) else (
+        output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None))
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise EmberConfigError(
+            f"Module.wrap: the model returned {_describe(output)}, not a loss. Its forward must "
+            "return a scalar loss, or an object/dict with `loss` (for Hugging Face models, put `labels` in "
+            "the batch)."
+        )
+    return loss
+
+
+def _describe(output: Any) -> str:
+    if isinstance(output, torch.Tensor):
+        return f"a tensor of shape {tuple(output.shape)}"
+    return f"{type(output).__name__} without a scalar `loss`"
+
+
+class WrappedModel(Module):
+    """Trains ``self.model``: logs ``train_loss``/``val_loss``/``test_loss``; see :meth:`Module.wrap`."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Callable[[Iterator[torch.nn.Parameter]], torch.optim.Optimizer] | torch.optim.Optimizer,
+        lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        lr_scheduler_interval: str = "step",
+    ) -> None:
+        super().__init__()
+        if isinstance(model, Module):
+            raise EmberConfigError(f"Module.wrap got an ember.Module ({type(model).__name__}); pass it to fit directly.")
+        if not isinstance(optimizer, torch.optim.Optimizer) and not callable(optimizer):
+            raise EmberConfigError(
+                f"Module.wrap(optimizer=...) must be an optimizer or a factory such as "
+                f"`lambda params: torch.optim.AdamW(params, lr=1e-4)`, got {type(optimizer).__name__}."
+            )
+        if lr_scheduler_interval not in ("step", "epoch"):
+            raise unknown_value("lr_scheduler_interval", lr_scheduler_interval, ["step", "epoch"])
+        self.model = model
+        self._optimizer_spec = optimizer
+        self._scheduler_factory = lr_scheduler
+        self._scheduler_interval = lr_scheduler_interval
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def compute_loss(self, batch: Any) -> torch.Tensor:
+        return loss_of(call_model(self.model, batch))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", self.compute_loss(batch), prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("test_loss", self.compute_loss(batch), sync_dist=True)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return call_model(self.model, batch)
+
+    def configure_optimizers(self) -> Any:
+        spec = self._optimizer_spec
+        optimizer = spec if isinstance(spec, torch.optim.Optimizer) else spec(self.model.parameters())
+        if self._scheduler_factory is None:
+            return optimizer
+        scheduler = self._scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self._scheduler_interval}}

@@ -1,0 +1,490 @@
+"""``ember.Trainer``: Lightning's structured loop, built on :class:`ember.Accelerator`.
+
+The Trainer owns one Accelerator (precision, strategy, data sharding, accumulation, checkpoints all live
+there) and runs an ordinary loop with it: ``prepare`` → per batch ``accumulate`` / ``backward`` /
+``clip_grad_norm_`` / ``optimizer.step`` / ``zero_grad`` → ``save_state`` / ``load_state``.
+
+>>> import torch, ember as L
+>>> from torch.utils.data import DataLoader, TensorDataset
+>>> class Net(L.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.lin = torch.nn.Linear(2, 1)
+...     def training_step(self, batch, batch_idx):
+...         x, y = batch
+...         return torch.nn.functional.mse_loss(self.lin(x), y)
+...     def configure_optimizers(self):
+...         return torch.optim.SGD(self.parameters(), lr=0.1)
+>>> data = DataLoader(TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), batch_size=4)
+>>> trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+...                     enable_model_summary=False, accelerator="cpu")
+>>> trainer.fit(Net(), data)  # doctest: +ELLIPSIS
+[ember] ...
+>>> trainer.global_step, trainer.current_epoch
+(4, 2)
+
+Hook order of ``fit`` (callbacks before the module in each hook; ``*`` = monitoring callbacks such as
+ModelCheckpoint/EarlyStopping run after the module's hook)::
+
+    setup("fit") → configure_optimizers → [on_load_checkpoint] → on_fit_start
+    → on_sanity_check_start → on_validation_start → on_validation_epoch_start
+      → (on_validation_batch_start → validation_step → on_validation_batch_end)×n
+      → on_validation_epoch_end → on_validation_end → on_sanity_check_end
+    → on_train_start
+    → per epoch: on_train_epoch_start
+        → per batch: on_train_batch_start → training_step → on_before_backward → backward → on_after_backward
+                     → [window end: on_before_optimizer_step → configure_gradient_clipping → optimizer_step
+                        → (step-interval schedulers) → on_before_zero_grad → optimizer_zero_grad]
+                     → on_train_batch_end → [validation, as above without the sanity hooks]
+        → on_train_epoch_end* → (epoch-interval schedulers)
+    → on_train_end → on_fit_end → teardown("fit")
+
+``devices=N`` without a distributed launch re-runs the script on N processes: see
+:mod:`ember.trainer._launch`. Under ``ember launch``/``torchrun`` the Trainer joins the job.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ember._errors import EmberConfigError
+from ember.accelerator import Accelerator
+from ember.callbacks.base import Callback
+from ember.trainer import _config as cfg
+from ember.trainer import _loops, _setup
+from ember.trainer._hooks import Hooks
+from ember.trainer._launch import auto_devices, must_launch, parse_devices, relaunch
+from ember.trainer._state import LoopState, TrainerState
+from ember.trainer.logging import MetricsHub
+from ember.trainer.module import Module
+
+if TYPE_CHECKING:
+    from ember.data import DeviceLoader
+    from ember.loggers import Logger
+    from ember.profilers import Profiler
+    from ember.trainer._optim_config import LRSchedulerConfig
+
+
+class Trainer:
+    """Fit, validate, test and predict an :class:`ember.Module`; arguments and semantics mirror Lightning's.
+
+    Unknown arguments and strings fail here, before any process group, model or data work, with a
+    "did you mean". ``max_epochs`` defaults to 1000 when neither ``max_epochs`` nor ``max_steps`` is given.
+    ``logger=True`` writes TensorBoard files (CSV when tensorboard is not installed) under
+    ``default_root_dir`` (default ``./runs``, as the Accelerator's ``project_dir``).
+    """
+
+    def __init__(
+        self,
+        accelerator: str = "auto",
+        devices: int | str | Sequence[int] = "auto",
+        num_nodes: int = 1,
+        strategy: Any = "auto",
+        precision: Any = "32-true",
+        max_epochs: int | None = None,
+        min_epochs: int | None = None,
+        max_steps: int = -1,
+        min_steps: int | None = None,
+        max_time: Any = None,
+        val_check_interval: int | float | None = None,
+        check_val_every_n_epoch: int | None = 1,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        num_sanity_val_steps: int = 2,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = "norm",
+        accumulate_grad_batches: int = 1,
+        callbacks: Callback | Sequence[Callback] | None = None,
+        logger: Any = True,
+        log_every_n_steps: int = 50,
+        enable_progress_bar: bool = True,
+        enable_checkpointing: bool = True,
+        enable_model_summary: bool = True,
+        profiler: str | Profiler | None = None,
+        deterministic: bool = False,
+        benchmark: bool | None = None,
+        inference_mode: bool = True,
+        detect_anomaly: bool = False,
+        sync_batchnorm: bool = False,
+        fast_dev_run: int | bool = False,
+        overfit_batches: int | float = 0.0,
+        default_root_dir: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+        **unknown: Any,
+    ) -> None:
+        cfg.check_unknown(unknown)
+        kind = cfg.check_choice("accelerator", accelerator, cfg.ACCELERATOR_NAMES)
+        self._precision_flag = cfg.check_precision(precision)
+        self._strategy_flag = cfg.check_strategy(strategy)
+        self.gradient_clip_algorithm = cfg.check_choice(
+            "gradient_clip_algorithm", gradient_clip_algorithm or "norm", cfg.CLIP_ALGORITHMS
+        )
+        if gradient_clip_val is not None and (isinstance(gradient_clip_val, bool) or gradient_clip_val < 0):
+            raise EmberConfigError(f"gradient_clip_val={gradient_clip_val!r} must be a number >= 0 or None.")
+        self.gradient_clip_val = gradient_clip_val
+        self.num_nodes = int(cfg.check_int("num_nodes", num_nodes, 1) or 1)
+        self._accumulate = int(cfg.check_int("accumulate_grad_batches", accumulate_grad_batches, 1) or 1)
+        self.log_every_n_steps = int(cfg.check_int("log_every_n_steps", log_every_n_steps, 0) or 0)
+        self.num_sanity_val_steps = int(cfg.check_int("num_sanity_val_steps", num_sanity_val_steps, -1) or 0)
+        self.fast_dev_run = _setup.parse_fast_dev_run(fast_dev_run)
+        self.max_epochs, self.min_epochs = cfg.resolve_epochs(max_epochs, max_steps, min_epochs)
+        self.max_steps, self.min_steps = max_steps, int(cfg.check_int("min_steps", min_steps, 0, True) or 0)
+        self.max_time = cfg.parse_max_time(max_time)
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        self.val_check_interval = cfg.check_val_interval(val_check_interval, check_val_every_n_epoch)
+        self.overfit_batches = cfg.parse_limit("overfit_batches", overfit_batches) if overfit_batches else 0
+        self.limits = {
+            stage: cfg.parse_limit(f"limit_{stage}_batches", value)
+            for stage, value in (("train", limit_train_batches), ("val", limit_val_batches),
+                                 ("test", limit_test_batches), ("predict", limit_predict_batches))
+        }
+        _setup.apply_debug_flags(self)
+        self.inference_mode, self.detect_anomaly, self.sync_batchnorm = inference_mode, detect_anomaly, sync_batchnorm
+        self.deterministic = deterministic
+        self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else "runs"
+        self._devices = parse_devices(devices, kind)
+        self._needs_launch = must_launch(self._devices, self.num_nodes, kind)
+        self._world_planned = (self._devices or auto_devices(kind)) * self.num_nodes
+        self._accelerator_kind = kind
+        self._accelerator: Accelerator | None = None
+        if not self._needs_launch:
+            self._accelerator = Accelerator(
+                mixed_precision=self._precision_flag, strategy=self._strategy_flag, accelerator=kind,
+                gradient_accumulation_steps=self._accumulate, seed=seed, project_dir=self.default_root_dir,
+            )
+            _setup.apply_backend_flags(deterministic, benchmark)
+        device = self._accelerator.device if self._accelerator is not None else torch.device("cpu")
+        self._metrics = MetricsHub(self._reduce, device)
+        self._print_summary = False
+        self.callbacks: list[Callback] = _setup.build_callbacks(
+            self, callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary
+        )
+        self.loggers: list[Logger] = [] if self.fast_dev_run else _setup.build_loggers(logger, self.default_root_dir)
+        self.profiler: Profiler = _setup.build_profiler(profiler)
+        self._profiling = profiler is not None
+        self._hooks = Hooks(self)
+        self.state = TrainerState()
+        self._loop = LoopState()
+        self.should_stop = False
+        self._module: Module | None = None
+        self._wrapped: torch.nn.Module | None = None
+        self._optimizers: list[Any] = []
+        self._manual_optimizers: list[Any] = []
+        self._scheduler_configs: list[LRSchedulerConfig] = []
+        self._train_loader: DeviceLoader | None = None
+        self._eval_loaders: list[DeviceLoader] = []
+        self._num_training_batches: float = math.inf
+        self._num_eval_batches: list[float] = []
+        self._datamodule: Any = None
+        self._log_dir: str | None = None
+        self._start_time: float | None = None
+        self.ckpt_path: str | None = None
+
+    # ------------------------------------------------------------------------------------------------
+    # entry points
+    # ------------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        model: Module,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: Any = None,
+        ckpt_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """Train ``model``; ``ckpt_path`` resumes from a checkpoint dir, ``"last"`` or ``"best"``."""
+        self._launch_if_needed()
+        module = _setup.as_module(model, "fit")
+        if datamodule is None and _setup.is_datamodule(train_dataloaders):
+            datamodule, train_dataloaders = train_dataloaders, None
+        self._run("fit", module, lambda: _setup.fit(self, module, train_dataloaders, val_dataloaders,
+                                                     datamodule, ckpt_path))
+
+    def validate(
+        self, model: Module | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
+        verbose: bool = True, datamodule: Any = None,
+    ) -> list[dict[str, float]]:
+        """Run one validation epoch; returns one dict of metrics per dataloader."""
+        return self._evaluate("validate", model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def test(
+        self, model: Module | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
+        verbose: bool = True, datamodule: Any = None,
+    ) -> list[dict[str, float]]:
+        """Run one test epoch; returns one dict of metrics per dataloader."""
+        return self._evaluate("test", model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def predict(
+        self, model: Module | None = None, dataloaders: Any = None, datamodule: Any = None,
+        return_predictions: bool | None = None, ckpt_path: str | None = None,
+    ) -> list[Any] | None:
+        """Collect ``predict_step`` outputs (a list per dataloader when there are several)."""
+        self._launch_if_needed()
+        module = _setup.as_module(model if model is not None else self._module, "predict")
+        out: list[Any] = []
+        self._run("predict", module, lambda: out.extend(
+            _setup.predict(self, module, dataloaders, datamodule, ckpt_path)))
+        return out if return_predictions is not False else None
+
+    def _evaluate(
+        self, stage: str, model: Module | None, dataloaders: Any, ckpt_path: str | None, verbose: bool,
+        datamodule: Any,
+    ) -> list[dict[str, float]]:
+        self._launch_if_needed()
+        module = _setup.as_module(model if model is not None else self._module, stage)
+        if datamodule is None and _setup.is_datamodule(dataloaders):
+            datamodule, dataloaders = dataloaders, None
+        out: list[dict[str, float]] = []
+        self._run(stage, module, lambda: out.extend(
+            _setup.evaluate(self, module, stage, dataloaders, datamodule, ckpt_path, verbose)))
+        return out
+
+    def _launch_if_needed(self) -> None:
+        if self._needs_launch:
+            relaunch(self._world_planned, self._accelerator_kind)
+
+    def _run(self, stage: str, module: Module, body: Callable[[], None]) -> None:
+        self.state = TrainerState(fn=stage, stage=stage if stage != "fit" else "train", status="running")
+        self._module = module
+        module.trainer = self
+        self._hooks.reset()
+        if self._profiling:
+            self.profiler.setup(stage, self.local_rank, self._log_dir or self.default_root_dir)
+        try:
+            body()
+        except BaseException as err:
+            self.state.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            self._hooks.callbacks("on_exception", err)
+            _setup.finalize_loggers(self, self.state.status)
+            raise
+        finally:
+            self._metrics.active = None
+            self.state.stage = None
+        self.state.status = "finished"
+        _setup.teardown(self, stage)
+
+    # ------------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------------
+    def save_checkpoint(
+        self, filepath: str | os.PathLike[str], weights_only: bool = False, storage_options: Any = None
+    ) -> Path:
+        """Write a checkpoint directory through ``Accelerator.save_state`` (collective: call on every rank)."""
+        from ember.trainer._checkpoint import save
+
+        return save(self, Path(filepath))
+
+    # ------------------------------------------------------------------------------------------------
+    # hooks used by Module
+    # ------------------------------------------------------------------------------------------------
+    def _log_metric(self, fx: str | None, name: str, value: Any, **kwargs: Any) -> None:
+        self._metrics.log(fx, name, value, **kwargs)
+
+    def _backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        _loops.backward(self, loss, *args, **kwargs)
+
+    def _clip_gradients(self, optimizer: Any, value: float | None, algorithm: str | None) -> None:
+        _loops.clip_gradients(self, optimizer, value, algorithm)
+
+    def _module_optimizers(self) -> list[Any]:
+        return self._manual_optimizers or list(self._optimizers)
+
+    def _reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        if self._accelerator is None:
+            return tensor
+        reduced: torch.Tensor = self._accelerator.reduce(tensor, op)
+        return reduced
+
+    # ------------------------------------------------------------------------------------------------
+    # properties (the surface callbacks read: see ember.callbacks.base)
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def accelerator(self) -> Accelerator:
+        if self._accelerator is None:
+            raise RuntimeError("this process only launches the workers; it has no Accelerator.")
+        return self._accelerator
+
+    @property
+    def strategy(self) -> Any:
+        return self.accelerator.strategy
+
+    @property
+    def precision(self) -> str:
+        return self._accelerator.precision.name if self._accelerator is not None else str(self._precision_flag)
+
+    @property
+    def lightning_module(self) -> Module | None:
+        return self._module
+
+    model = lightning_module
+
+    @property
+    def datamodule(self) -> Any:
+        return self._datamodule
+
+    @property
+    def global_step(self) -> int:
+        return self._accelerator.step if self._accelerator is not None else 0
+
+    @property
+    def current_epoch(self) -> int:
+        return self._loop.epoch
+
+    @property
+    def global_rank(self) -> int:
+        return self._accelerator.process.rank if self._accelerator is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self._accelerator.process.local_rank if self._accelerator is not None else 0
+
+    @property
+    def node_rank(self) -> int:
+        return self._accelerator.process.node_rank if self._accelerator is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return self._accelerator.process.world_size if self._accelerator is not None else self._world_planned
+
+    @property
+    def num_devices(self) -> int:
+        return self.world_size // self.num_nodes
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        return self._accumulate
+
+    @accumulate_grad_batches.setter
+    def accumulate_grad_batches(self, value: int) -> None:
+        self._accumulate = int(cfg.check_int("accumulate_grad_batches", value, 1) or 1)
+        if self._accelerator is not None:
+            self._accelerator.gradient_state.accumulation_steps = self._accumulate
+
+    @property
+    def checkpoint_callbacks(self) -> list[Any]:
+        from ember.callbacks import ModelCheckpoint
+
+        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
+
+    @property
+    def checkpoint_callback(self) -> Any:
+        found = self.checkpoint_callbacks
+        return found[0] if found else None
+
+    @property
+    def early_stopping_callbacks(self) -> list[Any]:
+        from ember.callbacks import EarlyStopping
+
+        return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
+
+    @property
+    def early_stopping_callback(self) -> Any:
+        found = self.early_stopping_callbacks
+        return found[0] if found else None
+
+    @property
+    def progress_bar_callback(self) -> Any:
+        from ember.callbacks import ProgressBar
+
+        return next((cb for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
+
+    @property
+    def callback_metrics(self) -> dict[str, torch.Tensor]:
+        return self._metrics.callback_metrics
+
+    @property
+    def logged_metrics(self) -> dict[str, torch.Tensor]:
+        return self._metrics.logged_metrics
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, torch.Tensor]:
+        return self._metrics.progress_bar_metrics
+
+    @property
+    def logger(self) -> Logger | None:
+        return self.loggers[0] if self.loggers else None
+
+    @property
+    def log_dir(self) -> str:
+        """The first logger's run directory (its ``save_dir`` if it has none), else ``default_root_dir``."""
+        if self._log_dir is not None:
+            return self._log_dir
+        return _setup.local_log_dir(self)
+
+    @property
+    def optimizers(self) -> list[Any]:
+        return list(self._optimizers)
+
+    @property
+    def lr_scheduler_configs(self) -> list[LRSchedulerConfig]:
+        return list(self._scheduler_configs)
+
+    @property
+    def num_training_batches(self) -> float:
+        return self._num_training_batches
+
+    @property
+    def num_val_batches(self) -> list[float]:
+        return list(self._num_eval_batches) if self.state.fn in ("fit", "validate") else []
+
+    @property
+    def num_test_batches(self) -> list[float]:
+        return list(self._num_eval_batches) if self.state.fn == "test" else []
+
+    @property
+    def num_sanity_val_batches(self) -> list[float]:
+        steps = math.inf if self.num_sanity_val_steps == -1 else self.num_sanity_val_steps
+        return [min(steps, n) for n in self._num_eval_batches]
+
+    @property
+    def estimated_stepping_batches(self) -> float:
+        """Optimizer steps the whole fit will take (for schedulers built in ``configure_optimizers``)."""
+        batches = self._num_training_batches
+        if batches == math.inf or self.max_epochs == -1:
+            return float(self.max_steps) if self.max_steps != -1 else math.inf
+        total = math.ceil(batches / self._accumulate) * max(self.max_epochs, 1)
+        return float(min(total, self.max_steps) if self.max_steps != -1 else total)
+
+    @property
+    def training(self) -> bool:
+        return self.state.stage == "train"
+
+    @property
+    def validating(self) -> bool:
+        return self.state.stage == "validate"
+
+    @property
+    def testing(self) -> bool:
+        return self.state.stage == "test"
+
+    @property
+    def predicting(self) -> bool:
+        return self.state.stage == "predict"
+
+    @property
+    def sanity_checking(self) -> bool:
+        return self.state.stage == "sanity_check"
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state.status == "interrupted"
+
+    @property
+    def elapsed_time(self) -> float:
+        """Seconds since this ``fit`` started training."""
+        return 0.0 if self._start_time is None else time.monotonic() - self._start_time
+
+    def __repr__(self) -> str:
+        return f"Trainer(precision={self.precision!r}, world_size={self.world_size}, max_epochs={self.max_epochs})"

@@ -1,0 +1,23 @@
+"""Must-show 6: a rank that stalls makes the job fail within the configured timeout + 60 s, naming the step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TIMEOUT = 10
+
+
+@pytest.mark.timeout(180)
+def test_stalled_rank_ends_the_job_within_timeout(tmp_path: Path, fw: Any) -> None:
+    # rank 1 sleeps forever before micro-batch 7; rank 0 reaches the gradient all-reduce of step 3 and waits there
+    result = fw.run_worker(tmp_path, 2, "--stall", "7:1", "--timeout", TIMEOUT, timeout=TIMEOUT + 120)
+    assert result.returncode != 0
+    assert result.seconds < TIMEOUT + 60, fw.describe(result)
+    assert "stalling at micro 7" in result.output
+    assert (
+        "ember.faults.CollectiveFailedError: rank 0/2: a collective in backward() at step 2 failed" in result.output
+    ), fw.describe(result)
+    assert "process-group timeout (10s)" in result.output
