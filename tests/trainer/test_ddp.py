@@ -41,6 +41,10 @@ def check_run(out: Path, reference: dict[str, torch.Tensor]) -> None:
     with open(out / "csv" / "version_0" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["step_synced"]) for r in rows if r["step_synced"]] == [0.5] * 6  # every 2nd of 12 steps
+    # ModelCheckpoint across ranks: same decisions, one committed directory per save, a state file per rank
+    ckpts = sorted(p.name for p in (out / "ckpt").iterdir() if p.is_dir())
+    assert ckpts == ["epoch=0-step=6", "last"]  # synced_mean is 5/3 in both epochs: no improvement in epoch 1
+    assert {p.name for p in (out / "ckpt" / "last").glob("state-rank*.json")} == {"state-rank0.json", "state-rank1.json"}
 
 
 def test_trainer_devices_2_launches_itself_and_matches_the_accelerator_loop(

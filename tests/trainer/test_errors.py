@@ -62,9 +62,9 @@ def test_missing_training_step_or_optimizers_fail_before_any_work(tmp_path: Path
 
     with pytest.raises(EmberConfigError, match="NoOptim has no configure_optimizers"):
         quiet_trainer(tmp_path).fit(NoOptim(), loader())
-    with pytest.raises(EmberConfigError, match="fit\\(\\) needs training data"):
+    with pytest.raises(EmberConfigError, match=r"fit\(\) needs training data"):
         quiet_trainer(tmp_path).fit(Regressor())
-    with pytest.raises(EmberConfigError, match="test\\(\\) needs NoOptim.test_step"):
+    with pytest.raises(EmberConfigError, match=r"test\(\) needs NoOptim\.test_step"):
         quiet_trainer(tmp_path).test(NoOptim(), loader())
 
 

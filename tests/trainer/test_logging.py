@@ -120,7 +120,7 @@ def test_logging_in_a_hook_without_meaning_is_an_error(tmp_path: Path) -> None:
         def on_fit_start(self) -> None:
             self.log("x", 1.0)
 
-    with pytest.raises(EmberConfigError, match="self.log\\('x'\\) in on_fit_start"):
+    with pytest.raises(EmberConfigError, match=r"self\.log\('x'\) in on_fit_start"):
         quiet_trainer(tmp_path, max_epochs=1).fit(LogsInFitStart(), loader())
 
     class StepInEpochHook(Regressor):

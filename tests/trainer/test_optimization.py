@@ -69,7 +69,7 @@ def test_reduce_lr_on_plateau_reads_the_monitored_metric(tmp_path: Path) -> None
             config["monitor"] = "val_los"
             return config
 
-    with pytest.raises(EmberConfigError, match="ReduceLROnPlateau monitors 'val_los'.*'val_flat'"):
+    with pytest.raises(EmberConfigError, match=r"ReduceLROnPlateau monitors 'val_los'.*'val_flat'"):
         quiet_trainer(tmp_path, max_epochs=1).fit(Unlogged(), loader(n=8), loader(n=4, seed=1))
 
 
@@ -161,7 +161,7 @@ def test_manual_optimisation_with_two_optimizers(tmp_path: Path) -> None:
 
 
 def test_manual_optimisation_rejects_trainer_clipping_and_accumulation(tmp_path: Path) -> None:
-    with pytest.raises(EmberConfigError, match="gradient_clip_val=1.0 with manual optimisation.*self.clip_gradients"):
+    with pytest.raises(EmberConfigError, match=r"gradient_clip_val=1\.0 with manual optimisation.*self\.clip_gradients"):
         quiet_trainer(tmp_path, gradient_clip_val=1.0).fit(GAN(), loader())
     with pytest.raises(EmberConfigError, match="accumulate_grad_batches=2 with manual optimisation"):
         quiet_trainer(tmp_path, accumulate_grad_batches=2).fit(GAN(), loader())
@@ -189,5 +189,5 @@ def test_bad_configure_optimizers_results(tmp_path: Path) -> None:
             opt = torch.optim.SGD(self.parameters(), lr=0.1)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": step_lr(opt), "intervall": "step"}}
 
-    with pytest.raises(EmberConfigError, match="unknown key 'intervall'. Did you mean \"interval\""):
+    with pytest.raises(EmberConfigError, match=r"unknown key 'intervall'\. Did you mean \"interval\""):
         quiet_trainer(tmp_path).fit(Typo(), loader())

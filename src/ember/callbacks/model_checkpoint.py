@@ -113,6 +113,9 @@ class ModelCheckpoint(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: Module) -> None:
         self._last_time_checked = time.monotonic()
+        # after fit(ckpt_path=...), the step we resumed at is saved already: saving it again would happen on the
+        # next micro-batch, inside an accumulation window, and a resume from there would not be exact
+        self._last_global_step_saved = trainer.global_step
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: Module, outputs: Any, batch: Any, batch_idx: int

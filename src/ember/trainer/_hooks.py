@@ -24,9 +24,19 @@ class Hooks:
     def __init__(self, trainer: Trainer) -> None:
         self._trainer = trainer
         self._cache: dict[tuple[str, bool | None], list[Callback]] = {}
+        self._module_overrides: dict[str, bool] = {}
 
     def reset(self) -> None:
         self._cache.clear()
+        self._module_overrides.clear()
+
+    def overridden(self, name: str) -> bool:
+        """Whether the current module overrides hook ``name`` (cached for the run)."""
+        found = self._module_overrides.get(name)
+        if found is None:
+            module = self._trainer._module
+            found = self._module_overrides[name] = module is not None and overrides(module, Module, name)
+        return found
 
     def _listeners(self, name: str, monitoring: bool | None) -> list[Callback]:
         key = (name, monitoring)
@@ -74,8 +84,13 @@ class Hooks:
         """``module.<name>(*args)`` if the module overrides it (else the no-op is skipped); ``force`` calls
         hooks whose default does work (optimizer_step, backward, ...)."""
         module = self._trainer._module
-        if module is None or not (force or overrides(module, Module, name)):
+        if module is None:
             return None
+        if not self.overridden(name):
+            if not force:
+                return None
+            if not self._trainer._profiling:  # the default needs no hook context
+                return getattr(module, name)(*args, **kwargs)
         with self._fx(name, f"[LightningModule]{type(module).__name__}.{name}"):
             return getattr(module, name)(*args, **kwargs)
 

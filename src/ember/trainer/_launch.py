@@ -51,6 +51,21 @@ def parse_devices(devices: int | str | Sequence[int], accelerator: str) -> int |
     return devices
 
 
+def check_devices(devices: int | None, accelerator: str) -> None:
+    """GPUs asked for must exist: fail here, before any process is started."""
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise EmberConfigError(
+                f"accelerator={accelerator!r} asks for CUDA, but torch.cuda.is_available() is False. Use "
+                "accelerator='cpu' (devices=N then starts N CPU processes), or install a CUDA build of torch."
+            )
+        if devices is not None and devices > torch.cuda.device_count():
+            raise EmberConfigError(
+                f"devices={devices} but this machine has {torch.cuda.device_count()} GPU(s). Use devices="
+                f"{torch.cuda.device_count()} or fewer."
+            )
+
+
 def must_launch(devices: int | None, num_nodes: int, accelerator: str, env: Mapping[str, str] | None = None) -> bool:
     """True when this process must start the worker processes itself; checks a joined job's size."""
     env = os.environ if env is None else env

@@ -106,7 +106,9 @@ def optimizer_step(t: Trainer, batch_idx: int) -> None:
     optimizer, hooks = t._optimizers[0], t._hooks
     t.accelerator.unscale_gradients()
     hooks.call("on_before_optimizer_step", optimizer)
-    hooks.module("configure_gradient_clipping", optimizer, t.gradient_clip_val, t.gradient_clip_algorithm, force=True)
+    if t.gradient_clip_val or hooks.overridden("configure_gradient_clipping"):
+        hooks.module("configure_gradient_clipping", optimizer, t.gradient_clip_val, t.gradient_clip_algorithm,
+                     force=True)
     hooks.module("optimizer_step", t.current_epoch, batch_idx, optimizer, None, force=True)
     step_schedulers(t, "step", plateau=False)
     hooks.call("on_before_zero_grad", optimizer)
@@ -215,11 +217,13 @@ def can_stop_early(t: Trainer) -> bool:
 def time_up(t: Trainer) -> bool:
     if t.max_time is None or t._start_time is None:
         return False
-    over = torch.tensor(float(time.monotonic() - t._start_time >= t.max_time), device=t.accelerator.device)
-    if bool(t._reduce(over, "max") > 0):  # rank 0's clock may differ: every rank agrees
+    over = time.monotonic() - t._start_time >= t.max_time
+    if t.world_size > 1:  # clocks differ between ranks: stop when any rank is over (one small collective)
+        flag = torch.tensor(float(over), device=t.accelerator.device)
+        over = bool(t._reduce(flag, "max") > 0)
+    if over:
         t.should_stop = True
-        return True
-    return False
+    return over
 
 
 def should_update_logs(t: Trainer) -> bool:

@@ -24,7 +24,7 @@ Semantics (Lightning's):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -67,6 +67,11 @@ class LogOptions:
     reduce_fx: str = "mean"
     sync_dist: bool = False
     batch_size: int | None = None
+
+
+def _key(options: LogOptions) -> tuple[Any, ...]:
+    """Options that must not change for a name within an epoch (the batch size may)."""
+    return (options.prog_bar, options.logger, options.on_step, options.on_epoch, options.reduce_fx, options.sync_dist)
 
 
 def resolve_options(
@@ -183,7 +188,7 @@ class MetricStore:
         entry = self.entries.get(key)
         if entry is None:
             entry = self.entries[key] = _Entry(key, options)
-        elif replace(entry.options, batch_size=None) != replace(options, batch_size=None):
+        elif entry.options != options and _key(entry.options) != _key(options):
             raise EmberConfigError(f"self.log({name!r}) was called before with different options in this epoch.")
         v = _as_value(name, value)
         opts = entry.options

@@ -443,7 +443,7 @@ class Module(torch.nn.Module):
         ...     def forward(self, x, y):
         ...         return torch.nn.functional.mse_loss(self.lin(x), y)
         >>> module = L.Module.wrap(Net(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
-        >>> float(module.compute_loss((torch.ones(3, 2), torch.zeros(3, 1)))) >= 0
+        >>> float(module.compute_loss((torch.ones(3, 2), torch.zeros(3, 1))).detach()) >= 0
         True
         """
         from ember.trainer._adapter import WrappedModel

@@ -45,10 +45,14 @@ ModelCheckpoint/EarlyStopping run after the module's hook)::
 
 from __future__ import annotations
 
+import atexit
+import gc
 import math
 import os
 import time
+import weakref
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +64,7 @@ from ember.callbacks.base import Callback
 from ember.trainer import _config as cfg
 from ember.trainer import _loops, _setup
 from ember.trainer._hooks import Hooks
-from ember.trainer._launch import auto_devices, must_launch, parse_devices, relaunch
+from ember.trainer._launch import auto_devices, check_devices, must_launch, parse_devices, relaunch
 from ember.trainer._state import LoopState, TrainerState
 from ember.trainer.logging import MetricsHub
 from ember.trainer.module import Module
@@ -152,16 +156,28 @@ class Trainer:
         self.deterministic = deterministic
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else "runs"
         self._devices = parse_devices(devices, kind)
+        check_devices(self._devices, kind)
         self._needs_launch = must_launch(self._devices, self.num_nodes, kind)
         self._world_planned = (self._devices or auto_devices(kind)) * self.num_nodes
+        if self._strategy_flag in ("single", "single_device") and self._world_planned > 1:
+            raise EmberConfigError(
+                f"strategy={self._strategy_flag!r} trains on one device, but devices={devices!r} asks for "
+                f"{self._world_planned} processes. Use strategy='ddp' (or 'auto'), or devices=1."
+            )
         self._accelerator_kind = kind
         self._accelerator: Accelerator | None = None
-        if not self._needs_launch:
+        if self._needs_launch:  # the workers build the Accelerator; check its strategy string here already
+            from ember.strategies import resolve_strategy
+
+            resolve_strategy(self._strategy_flag, self._world_planned)
+        else:
             self._accelerator = Accelerator(
                 mixed_precision=self._precision_flag, strategy=self._strategy_flag, accelerator=kind,
                 gradient_accumulation_steps=self._accumulate, seed=seed, project_dir=self.default_root_dir,
             )
             _setup.apply_backend_flags(deterministic, benchmark)
+            if self._accelerator.process.world_size > 1:  # test/predict may follow fit: close at exit
+                atexit.register(_shutdown, weakref.ref(self), self._accelerator.strategy)
         device = self._accelerator.device if self._accelerator is not None else torch.device("cpu")
         self._metrics = MetricsHub(self._reduce, device)
         self._print_summary = False
@@ -171,6 +187,10 @@ class Trainer:
         self.loggers: list[Logger] = [] if self.fast_dev_run else _setup.build_loggers(logger, self.default_root_dir)
         self.profiler: Profiler = _setup.build_profiler(profiler)
         self._profiling = profiler is not None
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """What a run fills in: the module, prepared objects, loop counters, status."""
         self._hooks = Hooks(self)
         self.state = TrainerState()
         self._loop = LoopState()
@@ -259,7 +279,8 @@ class Trainer:
         if self._profiling:
             self.profiler.setup(stage, self.local_rank, self._log_dir or self.default_root_dir)
         try:
-            body()
+            with torch.autograd.set_detect_anomaly(self.detect_anomaly) if self.detect_anomaly else nullcontext():
+                body()
         except BaseException as err:
             self.state.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             self._hooks.callbacks("on_exception", err)
@@ -488,3 +509,19 @@ class Trainer:
 
     def __repr__(self) -> str:
         return f"Trainer(precision={self.precision!r}, world_size={self.world_size}, max_epochs={self.max_epochs})"
+
+
+def _shutdown(trainer_ref: weakref.ref[Trainer], strategy: Any) -> None:
+    """At interpreter exit: drop the wrapped model, then let the strategy close the process group it opened.
+
+    A DDP wrapper (its reducer holds the last gloo/NCCL work) or a group still alive when the interpreter tears
+    down can abort the process ("terminate called without an active exception" under gloo).
+    """
+    trainer = trainer_ref()
+    if trainer is not None:
+        trainer._wrapped = None
+        if trainer._accelerator is not None:
+            trainer._accelerator.free_memory()
+        del trainer
+    gc.collect()
+    strategy.teardown()

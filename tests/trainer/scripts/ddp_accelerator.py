@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
-from ddp_common import EPOCHS, LR, body, dataloader, loss_fn
+from ddp_common import ACCELERATOR, EPOCHS, LR, body, dataloader, loss_fn
 from safetensors.torch import save_file
 
 from ember import Accelerator
@@ -14,7 +14,7 @@ from ember import Accelerator
 
 def main(out: Path) -> None:
     model = body()
-    accelerator = Accelerator(cpu=True, seed=0, strategy="ddp")
+    accelerator = Accelerator(cpu=ACCELERATOR == "cpu", seed=0, strategy="ddp")
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     model, optimizer, loader = accelerator.prepare(model, optimizer, dataloader())
     for _ in range(EPOCHS):
@@ -27,6 +27,9 @@ def main(out: Path) -> None:
     if accelerator.is_main_process:
         state = accelerator.unwrap_model(model).state_dict()
         save_file({k: v.contiguous() for k, v in state.items()}, str(out / "params.safetensors"))
+    # drop the DDP wrapper before the group closes: a live DDP reducer at interpreter exit can abort under gloo
+    del model, optimizer, loader
+    accelerator.free_memory()
     accelerator.end_training()
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 EPOCHS, LR, BATCH = 2, 0.05, 4
+ACCELERATOR = os.environ.get("EMBER_TEST_ACCELERATOR", "cpu")  # "gpu" for the same check over NCCL
 
 
 def dataset() -> TensorDataset:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ddp_common import EPOCHS, LR, body, dataloader, loss_fn
+from ddp_common import ACCELERATOR, EPOCHS, LR, body, dataloader, loss_fn
 from safetensors.torch import save_file
 
 import ember as L
+from ember.callbacks import EarlyStopping, ModelCheckpoint
 from ember.loggers import CSVLogger
 
 
@@ -45,9 +46,11 @@ class Net(L.Module):
 def main(out: Path) -> None:
     model = Net()
     trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=EPOCHS, seed=0,
+        accelerator=ACCELERATOR, devices=2, strategy="ddp", max_epochs=EPOCHS, seed=0,
         logger=CSVLogger(out, name="csv", version=0), log_every_n_steps=2,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=out / "ckpt", monitor="synced_mean", mode="max", save_last=True),
+                   EarlyStopping(monitor="synced_mean", mode="max", patience=5)],
+        enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.fit(model, dataloader())
     facts = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
