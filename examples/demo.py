@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tinygpt import CharDataset, GPTConfig, TinyGPT, load_corpus  # noqa: E402
+from tinygpt import CharDataset, GPTConfig, TinyGPT, load_corpus
 
-from ember import Accelerator  # noqa: E402
+from ember import Accelerator
 
 
 def main() -> None:
@@ -69,8 +69,8 @@ def main() -> None:
     last_print, interactive = time.perf_counter(), sys.stdout.isatty()
     for epoch in range(start_epoch, args.epochs):
         model.train()
-        running, count, t0 = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
-        for x, y in train_dl:
+        running, t0 = torch.zeros((), device=accelerator.device), time.perf_counter()
+        for count, (x, y) in enumerate(train_dl, start=1):
             with accelerator.accumulate(model):
                 loss = model(x, y)
                 accelerator.backward(loss)
@@ -79,7 +79,6 @@ def main() -> None:
                 scheduler.step()
                 optimizer.zero_grad()
             running += loss.detach()
-            count += 1
             now = time.perf_counter()
             due = now - last_print > 0.5 and interactive
             if due or train_dl.end_of_dataloader:  # refresh on time (or once per epoch in logs), not per step

@@ -53,7 +53,7 @@ model, optimizer, dataloader, scheduler = accelerator.prepare(
 )
 
 # --- "Training Loop" ---------------------------------------------------------------------------------
-for epoch in range(num_epochs):
+for epoch in range(num_epochs):  # noqa: B007  (the seed's loop, verbatim)
     model.train()
     for step, batch in enumerate(dataloader):
         with accelerator.accumulate(model):

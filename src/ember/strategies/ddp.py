@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,6 +28,21 @@ class DDPOptions:
     broadcast_buffers: bool | None = None
 
 
+def _restart_store(world_size: int, timeout: Any) -> Any:
+    """After an elastic restart (``ember launch --max_restarts``), a store whose keys belong to this attempt.
+
+    torch's agent keeps one store for the whole job; the new workers would otherwise find the previous attempt's
+    gloo/NCCL addresses in it and connect to a dead peer. None (the usual ``env://`` setup) on a first attempt.
+    """
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(  # type: ignore[attr-defined,unused-ignore]
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout
+    )
+    return dist.PrefixStore(f"ember/restart-{attempt}", store)  # type: ignore[attr-defined,unused-ignore]
+
+
 class DDPStrategy(Strategy):
     """One process per device; gradients are averaged with an all-reduce during backward.
 
@@ -46,6 +63,7 @@ class DDPStrategy(Strategy):
         self.backend = backend
         self.options = DDPOptions(**options)
         self._owns_group = False
+        self._wrapped: list[weakref.ref[DistributedDataParallel]] = []
 
     def setup_environment(self) -> None:
         if dist.is_initialized():
@@ -64,10 +82,21 @@ class DDPStrategy(Strategy):
             world_size=self.process.world_size,
             timeout=self.timeout,
             device_id=self.device if self.device.type == "cuda" else None,
+            store=_restart_store(self.process.world_size, self.timeout),
         )
         self._owns_group = True
+        # If the script ends without end_training(), still release reducers before the group at exit.
+        atexit.register(_teardown_at_exit, weakref.ref(self))
 
     def teardown(self) -> None:
+        # Release the DDP reducers first: a reducer that outlives its gloo process group can abort the
+        # interpreter at exit ("terminate called without an active exception").
+        for ref in self._wrapped:
+            ddp = ref()
+            if ddp is not None:
+                ddp.__dict__.pop("reducer", None)
+                ddp.__dict__.pop("logger", None)
+        self._wrapped.clear()
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self._owns_group = False
@@ -78,7 +107,9 @@ class DDPStrategy(Strategy):
             return module
         kwargs = {k: v for k, v in asdict(self.options).items() if v is not None}
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids, **kwargs)
+        wrapped = DistributedDataParallel(module, device_ids=device_ids, **kwargs)
+        self._wrapped.append(weakref.ref(wrapped))
+        return wrapped
 
     def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:
         return module.module if isinstance(module, DistributedDataParallel) else module
@@ -87,3 +118,9 @@ class DDPStrategy(Strategy):
         if isinstance(module, DistributedDataParallel):
             return module.no_sync()
         return contextlib.nullcontext()
+
+
+def _teardown_at_exit(ref: weakref.ref[DDPStrategy]) -> None:
+    strategy = ref()
+    if strategy is not None:
+        strategy.teardown()

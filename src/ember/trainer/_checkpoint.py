@@ -73,8 +73,28 @@ def save(t: Trainer, path: Path) -> Path:
 
 
 def checkpoint_dirs(t: Trainer) -> list[Path]:
+    """Where this run's checkpoints may be: the callbacks' dirs, ``<root>/checkpoints`` and the checkpoint
+    dirs of every logger version under ``<root>`` (a restarted run gets a new logger version, but
+    ``ckpt_path="last"`` must still find the previous run's checkpoints)."""
+    root = Path(t.default_root_dir)
     dirs = [Path(cb.dirpath) for cb in t.checkpoint_callbacks if getattr(cb, "dirpath", None)]
-    return dirs or [Path(t.default_root_dir) / "checkpoints"]
+    dirs += [root / "checkpoints", *sorted(root.glob("*/version_*/checkpoints")), *sorted(root.glob("*/checkpoints"))]
+    unique: list[Path] = []
+    for d in dirs:
+        if d not in unique and d.is_dir():
+            unique.append(d)
+    return unique or [root / "checkpoints"]
+
+
+def _newest(paths: list[Path]) -> Path | None:
+    def key(p: Path) -> tuple[int, float]:
+        try:
+            step = int(ckpt.read_json(p, "manifest.json").get("step", -1))
+        except ckpt.CheckpointError:
+            step = -1
+        return (step, p.stat().st_mtime)
+
+    return max(paths, key=key) if paths else None
 
 
 def resolve(t: Trainer, ckpt_path: str | os.PathLike[str] | None) -> Path | None:
@@ -84,8 +104,7 @@ def resolve(t: Trainer, ckpt_path: str | os.PathLike[str] | None) -> Path | None
         return None
     found: Path | None
     if ckpt_path == "last":
-        candidates = [p for p in (ckpt.find_latest(d) for d in checkpoint_dirs(t)) if p is not None]
-        found = max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+        found = _newest([p for p in (ckpt.find_latest(d) for d in checkpoint_dirs(t)) if p is not None])
         if found is None:
             warnings.warn(f"fit(ckpt_path='last'): no checkpoint in {[str(d) for d in checkpoint_dirs(t)]}; "
                           "starting from scratch.", stacklevel=3)
@@ -108,7 +127,9 @@ def resolve(t: Trainer, ckpt_path: str | os.PathLike[str] | None) -> Path | None
 def preload_loggers(t: Trainer, ckpt_path: str | os.PathLike[str] | None) -> bool:
     """Give the loggers their saved run (version/id) before anything resolves ``log_dir``; only for an
     explicit checkpoint path ("last"/"best" are found through the checkpoint callbacks' directories)."""
-    if ckpt_path is None or ckpt_path in ("last", "best") or not Path(ckpt_path).is_dir():
+    if ckpt_path == "last":
+        ckpt_path = _newest([p for p in (ckpt.find_latest(d) for d in checkpoint_dirs(t)) if p is not None])
+    if ckpt_path is None or ckpt_path == "best" or not Path(ckpt_path).is_dir():
         return False
     try:
         state = ckpt.load_state(Path(ckpt_path), "trainer")
