@@ -51,24 +51,13 @@ class Hooks:
 
     def fx(self, name: str) -> contextlib.AbstractContextManager[None]:
         """The block runs as the module's hook ``name`` (for ``self.log`` defaults and the profiler)."""
+        if not self._trainer._profiling:
+            return _FxScope(self._trainer, name, "")
         module = self._trainer._module
         return self._fx(name, f"[LightningModule]{type(module).__name__}.{name}")
 
-    @contextlib.contextmanager
-    def _fx(self, name: str, action: str) -> Iterator[None]:
-        module = self._trainer._module
-        previous = module.__dict__.get("_current_fx_name") if module is not None else None
-        if module is not None:
-            module.__dict__["_current_fx_name"] = name
-        try:
-            if not self._trainer._profiling:
-                yield
-            else:
-                with self._trainer.profiler.profile(action):
-                    yield
-        finally:
-            if module is not None:
-                module.__dict__["_current_fx_name"] = previous
+    def _fx(self, name: str, action: str) -> _FxScope:
+        return _FxScope(self._trainer, name, action)
 
     def callbacks(self, name: str, *args: Any, monitoring: bool | None = None) -> None:
         """``callback.<name>(trainer, module, *args)`` for every callback that overrides it."""
@@ -76,8 +65,9 @@ class Hooks:
         if not listeners:
             return
         trainer, module = self._trainer, self._trainer._module
+        profiling = trainer._profiling
         for cb in listeners:
-            with self._fx(name, f"[Callback]{cb.state_key}.{name}"):
+            with _FxScope(trainer, name, f"[Callback]{cb.state_key}.{name}" if profiling else ""):
                 getattr(cb, name)(trainer, module, *args)
 
     def module(self, name: str, *args: Any, force: bool = False, **kwargs: Any) -> Any:
@@ -106,3 +96,36 @@ class Hooks:
         if before_monitors is not None:
             before_monitors()
         self.callbacks(name, *args, monitoring=True)
+
+
+class _FxScope:
+    """Marks the running hook on the module (for ``self.log`` defaults) and times it when profiling.
+
+    A plain class rather than a generator context manager: it runs several times per training step.
+    """
+
+    __slots__ = ("_action", "_module", "_name", "_previous", "_profile", "_trainer")
+
+    def __init__(self, trainer: Trainer, name: str, action: str) -> None:
+        self._trainer, self._name, self._action = trainer, name, action
+        self._module = trainer._module
+        self._previous: Any = None
+        self._profile: Any = None
+
+    def __enter__(self) -> None:
+        module = self._module
+        if module is not None:
+            d = module.__dict__
+            self._previous = d.get("_current_fx_name")
+            d["_current_fx_name"] = self._name
+        if self._trainer._profiling:
+            self._profile = self._trainer.profiler.profile(self._action)
+            self._profile.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self._profile is not None:
+                self._profile.__exit__(*exc)
+        finally:
+            if self._module is not None:
+                self._module.__dict__["_current_fx_name"] = self._previous

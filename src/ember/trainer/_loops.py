@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -27,13 +26,14 @@ if TYPE_CHECKING:
 # fit
 # ----------------------------------------------------------------------------------------------------
 def fit_loop(t: Trainer) -> None:
-    """Sanity check, then epochs until max_epochs / max_steps / max_time / should_stop."""
+    """Sanity check, then epochs until max_epochs / max_steps / should_stop (``max_time`` is a Timer callback)."""
     t._metrics.active, t.state.stage = t._metrics.train, "train"
     t._hooks.call("on_fit_start")
     sanity_check(t)
     t._hooks.call("on_train_start")
     while not fit_done(t):
-        train_epoch(t)
+        with t.profiler.profile("run_training_epoch"):
+            train_epoch(t)
     t._hooks.call("on_train_end")
     t._hooks.call("on_fit_end")
 
@@ -44,10 +44,14 @@ def train_epoch(t: Trainer) -> None:
     assert loader is not None and t._module is not None
     start_epoch(t, loader)
     iterator = iter(loader) if t.num_training_batches > loop.batch_idx else iter(())
+    if t._profiling:
+        iterator = profiled_batches(t, iterator)
     try:
         for batch in iterator:
             is_last = loader.end_of_dataloader or loop.batch_idx + 1 >= t.num_training_batches
-            if not train_batch(t, batch, loop.batch_idx, is_last):
+            with t.profiler.profile("run_training_batch"):
+                keep_going = train_batch(t, batch, loop.batch_idx, is_last)
+            if not keep_going:
                 break
             if should_validate(t):
                 run_validation(t)
@@ -60,6 +64,19 @@ def train_epoch(t: Trainer) -> None:
     finally:
         _close(iterator)
     end_epoch(t)
+
+
+def profiled_batches(t: Trainer, iterator: Iterator[Any]) -> Iterator[Any]:
+    """With a profiler: the wait for each training batch, as "[_TrainingEpochLoop].train_dataloader_next"."""
+    try:
+        while True:
+            with t.profiler.profile("[_TrainingEpochLoop].train_dataloader_next"):
+                batch = next(iterator, _MISSING)
+            if batch is _MISSING:
+                return
+            yield batch
+    finally:
+        _close(iterator)
 
 
 def train_batch(t: Trainer, batch: Any, batch_idx: int, is_last: bool) -> bool:
@@ -201,29 +218,17 @@ def fit_done(t: Trainer) -> bool:
         return True
     if t.max_epochs != -1 and loop.epoch >= t.max_epochs:
         return True
-    return (t.should_stop and can_stop_early(t)) or time_up(t)
+    return t.should_stop and can_stop_early(t)
 
 
 def stop_now(t: Trainer) -> bool:
     if t.max_steps != -1 and t.global_step >= t.max_steps:
         return True
-    return (t.should_stop and can_stop_early(t)) or time_up(t)
+    return t.should_stop and can_stop_early(t)
 
 
 def can_stop_early(t: Trainer) -> bool:
     return t._loop.epoch >= t.min_epochs and t.global_step >= t.min_steps
-
-
-def time_up(t: Trainer) -> bool:
-    if t.max_time is None or t._start_time is None:
-        return False
-    over = time.monotonic() - t._start_time >= t.max_time
-    if t.world_size > 1:  # clocks differ between ranks: stop when any rank is over (one small collective)
-        flag = torch.tensor(float(over), device=t.accelerator.device)
-        over = bool(t._reduce(flag, "max") > 0)
-    if over:
-        t.should_stop = True
-    return over
 
 
 def should_update_logs(t: Trainer) -> bool:
@@ -243,11 +248,18 @@ def send(t: Trainer, metrics: dict[str, Any]) -> None:
 
 def run_step(t: Trainer, name: str, *args: Any) -> Any:
     """Call ``module.<name>`` under autocast; with gradients, through the strategy's wrapper (DDP)."""
-    module, wrapped = t._module, t._wrapped
-    with t._hooks.fx(name), t.accelerator.autocast():
-        if wrapped is None or module is None or wrapped is module or not torch.is_grad_enabled():
-            return getattr(module, name)(*args)
-        return redirect(wrapped, module, name, args)
+    module, wrapped, acc = t._module, t._wrapped, t.accelerator
+    with t._hooks.fx(name):
+        if not acc.precision.uses_autocast:
+            return _call_step(module, wrapped, name, args)
+        with acc.autocast():
+            return _call_step(module, wrapped, name, args)
+
+
+def _call_step(module: Any, wrapped: Any, name: str, args: tuple[Any, ...]) -> Any:
+    if wrapped is None or module is None or wrapped is module or not torch.is_grad_enabled():
+        return getattr(module, name)(*args)
+    return redirect(wrapped, module, name, args)
 
 
 _MISSING = object()

@@ -143,24 +143,19 @@ def _tensor(value: Any, device: torch.device | None = None) -> torch.Tensor:
 
 
 class _Entry:
-    __slots__ = ("dirty", "fresh", "name", "options", "total", "value", "weight")
+    __slots__ = ("dirty", "epoch_name", "fresh", "name", "options", "step_name", "total", "value", "weight")
 
     def __init__(self, name: str, options: LogOptions) -> None:
         self.name = name
         self.options = options
+        self.step_name = f"{name}_step" if options.on_epoch else name
+        self.epoch_name = f"{name}_epoch" if options.on_step else name
         self.value: Any = None  # latest step value
         self.total: Any = None  # epoch accumulator
         self.weight = 0
         self.fresh = False  # a step value not yet sent to the loggers
         self.dirty = False  # epoch data not yet finalized
 
-    @property
-    def step_name(self) -> str:
-        return f"{self.name}_step" if self.options.on_epoch else self.name
-
-    @property
-    def epoch_name(self) -> str:
-        return f"{self.name}_epoch" if self.options.on_step else self.name
 
 
 class MetricStore:
@@ -188,7 +183,7 @@ class MetricStore:
         entry = self.entries.get(key)
         if entry is None:
             entry = self.entries[key] = _Entry(key, options)
-        elif entry.options != options and _key(entry.options) != _key(options):
+        elif entry.options is not options and entry.options != options and _key(entry.options) != _key(options):
             raise EmberConfigError(f"self.log({name!r}) was called before with different options in this epoch.")
         v = _as_value(name, value)
         opts = entry.options
@@ -289,15 +284,24 @@ class MetricsHub:
         self.eval = MetricStore(reduce, device)
         self.active: MetricStore | None = None
         self.training = False  # step values of the training store also feed callback_metrics
+        self._options: dict[tuple[Any, ...], LogOptions] = {}
 
     def log(self, fx: str | None, name: str, value: Any, **kw: Any) -> None:
         store = self.active
         if store is None:
             raise EmberConfigError(f"self.log({name!r}) called outside fit/validate/test (in {fx or 'no hook'}).")
-        on_step, on_epoch, reduce = resolve_options(fx, name, kw["on_step"], kw["on_epoch"], kw["reduce_fx"])
-        options = LogOptions(kw["prog_bar"], kw["logger"], on_step, on_epoch, reduce, kw["sync_dist"], kw["batch_size"])
+        rfx = kw["reduce_fx"]
+        key = (fx, name, kw["prog_bar"], kw["logger"], kw["on_step"], kw["on_epoch"], rfx if isinstance(rfx, str) else id(rfx),
+               kw["sync_dist"], kw["batch_size"])
+        options = self._options.get(key)
+        if options is None:  # resolved once per distinct call site, not per step
+            on_step, on_epoch, reduce = resolve_options(fx, name, kw["on_step"], kw["on_epoch"], rfx)
+            options = LogOptions(kw["prog_bar"], kw["logger"], on_step, on_epoch, reduce, kw["sync_dist"],
+                                 kw["batch_size"])
+            if len(self._options) < 4096:
+                self._options[key] = options
         entry = store.log(name, value, options)
-        if on_step:
+        if options.on_step:
             tensor = _tensor(entry.value)
             if store is self.train:
                 self.callback_metrics[entry.name] = tensor
