@@ -23,3 +23,19 @@ __all__ = [
 ]
 # More callbacks (ModelSummary, Timer, ThroughputMonitor, OnExceptionCheckpoint, ...) are added below as
 # `from ember.callbacks.<file> import <Name>` lines plus an __all__ entry each.
+
+from ember.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler
+from ember.callbacks.lr_finder import LearningRateFinder
+from ember.callbacks.model_summary import ModelSummary
+from ember.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
+from ember.callbacks.throughput_monitor import ThroughputMonitor
+from ember.callbacks.timer import Timer
+
+__all__ += [
+    "GradientAccumulationScheduler",
+    "LearningRateFinder",
+    "ModelSummary",
+    "OnExceptionCheckpoint",
+    "ThroughputMonitor",
+    "Timer",
+]

@@ -61,10 +61,22 @@ def save(t: Trainer, path: Path) -> Path:
     from ember.checkpoint._store import write_latest
 
     acc = t.accelerator
-    out = acc.save_state(
-        path, trainer_state=trainer_state(t),
-        extra={"global_step": t.global_step, "trainer_epoch": t.current_epoch},
-    )
+    # saved while a training batch runs (an exception in training_step, a save from inside it): the loader has
+    # handed that batch out but the loop has not counted it; record the position before it, so the two agree
+    # and a resume trains that batch
+    loader, loop = t._train_loader, t._loop
+    in_batch = (loader is not None and loader.state.epoch == loop.epoch
+                and loader.state.batches_consumed == loop.batch_idx + 1)
+    if in_batch and loader is not None:
+        loader.state.batches_consumed -= 1
+    try:
+        out = acc.save_state(
+            path, trainer_state=trainer_state(t),
+            extra={"global_step": t.global_step, "trainer_epoch": t.current_epoch},
+        )
+    finally:
+        if in_batch and loader is not None:
+            loader.state.batches_consumed += 1
     if acc.is_main_process:
         write_latest(out.parent, out.name)
         for logger in t.loggers:

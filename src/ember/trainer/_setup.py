@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import inspect
 import math
@@ -82,10 +83,14 @@ def build_callbacks(
         raise EmberConfigError("enable_progress_bar=False but callbacks contain a progress bar; remove one.")
     if progress_bar and not has_bar:
         items.append(cbs.default_progress_bar())
-    summary_cls = getattr(cbs, "ModelSummary", None)
-    t._print_summary = summary and summary_cls is None
-    if summary and summary_cls is not None and not any(isinstance(c, summary_cls) for c in items):
-        items.append(summary_cls())
+    if summary and not any(isinstance(c, cbs.ModelSummary) for c in items):
+        items.append(cbs.ModelSummary())
+    if t.max_time is not None:  # Trainer(max_time=...) is a Timer (as Lightning)
+        if any(isinstance(c, cbs.Timer) for c in items):
+            if t.is_global_zero:
+                print("[ember] Trainer(max_time=...) is ignored: the callbacks already contain a Timer.")
+        else:
+            items.append(cbs.Timer(duration=datetime.timedelta(seconds=t.max_time), interval="step"))
     return ordered(items)
 
 
@@ -228,7 +233,6 @@ def fit(t: Trainer, module: Module, train: Any, val: Any, datamodule: Any, ckpt_
     setup_optimizers(t, module)
     _checkpoint.restore(t, ckpt_path, loggers=not preloaded)
     log_hyperparams(t, module)
-    summarize(t, module)
     t._start_time = time.monotonic()
     _loops.fit_loop(t)
 
@@ -381,12 +385,3 @@ def log_hyperparams(t: Trainer, module: Module) -> None:
         if params:
             logger.log_hyperparams(params)
         logger.save()
-
-
-def summarize(t: Trainer, module: Module) -> None:
-    if not getattr(t, "_print_summary", False) or not t.is_global_zero:
-        return
-    total = sum(p.numel() for p in module.parameters())
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    print(f"[ember] {type(module).__name__}: {trainable:,} trainable / {total:,} parameters "
-          f"({total * 4 / 1e6:.1f} MB in float32); precision {t.precision}, world size {t.world_size}")

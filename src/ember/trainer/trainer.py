@@ -180,7 +180,6 @@ class Trainer:
                 atexit.register(_shutdown, weakref.ref(self), self._accelerator.strategy)
         device = self._accelerator.device if self._accelerator is not None else torch.device("cpu")
         self._metrics = MetricsHub(self._reduce, device)
-        self._print_summary = False
         self.callbacks: list[Callback] = _setup.build_callbacks(
             self, callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary
         )
@@ -285,6 +284,8 @@ class Trainer:
             self.state.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             self._hooks.callbacks("on_exception", err)
             _setup.finalize_loggers(self, self.state.status)
+            if self._profiling:  # stop a running torch.profiler, close open actions
+                self.profiler.teardown(stage)
             raise
         finally:
             self._metrics.active = None
