@@ -30,7 +30,8 @@ _EXPORTS: dict[str, str] = {
     "Trainer": "ember.trainer.trainer",
     "Callback": "ember.callbacks.base",
 }
-_SUBMODULES = ("callbacks", "loggers", "checkpoint", "data", "precision", "strategies", "profilers", "trainer")
+_SUBMODULES = ("callbacks", "loggers", "checkpoint", "data", "precision", "strategies", "profilers", "trainer",
+               "faults")
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 

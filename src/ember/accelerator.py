@@ -154,6 +154,10 @@ class Accelerator:
 
         self.trackers = Trackers(self, log_with)
         self._preemption = faults.PreemptionHandler(signals).install() if signals else None
+        self._watchdog = (  # names the step of a rank that stops making progress (NCCL aborts silently)
+            faults.StepWatchdog(self.process.rank, timeout.total_seconds(), lambda: self.step).start()
+            if self.process.world_size > 1 else None
+        )
 
     # ------------------------------------------------------------------------------------------------
     # process facts
@@ -330,11 +334,14 @@ class Accelerator:
         micro-batches and ranks.
         """
         scaled = self._stepper.scale_loss(loss, num_items)
-        with faults.named_collective(self.strategy, "backward()", lambda: self.step):
+        try:
             if kwargs:
                 scaled.backward(**kwargs)  # type: ignore[no-untyped-call,unused-ignore]
             else:
                 self.strategy.backward(scaled)  # type: ignore[no-untyped-call,unused-ignore]
+        except RuntimeError as exc:  # a stalled or dead peer in DDP's all-reduce: name the step
+            faults.raise_if_comm_failure(self.strategy, "backward()", self.step, exc)
+            raise
 
     @contextlib.contextmanager
     def accumulate(self, *models: torch.nn.Module) -> Iterator[None]:
@@ -449,18 +456,14 @@ class Accelerator:
     # faults (see ember.faults and docs/faults.md)
     # ------------------------------------------------------------------------------------------------
     def preempted(self, every_n_steps: int = 1) -> bool:
-        """True on every rank once any rank received a preemption signal (``handle_signals=True``).
+        """True on every rank once any rank got a preemption signal (``handle_signals=True``); call it after
+        ``optimizer.step()``. One all-reduce of one int, at most once per optimizer step (every ``every_n_steps``),
+        none inside an accumulation window or without ``handle_signals``.
 
-        Call it at a step boundary (after ``optimizer.step()``); inside an accumulation window it returns
-        False without communicating. It agrees across ranks with one all-reduce of one int, at most once per
-        optimizer step and only every ``every_n_steps`` steps; without ``handle_signals`` it is always False
-        and free.
-
-        >>> from ember import Accelerator
         >>> accelerator = Accelerator(cpu=True, handle_signals=True)
-        >>> if accelerator.preempted():      # in the loop, after optimizer.step()
+        >>> if accelerator.preempted():       # in the loop
         ...     accelerator.save_state()
-        ...     accelerator.exit_preempted()  # exits with ember.faults.PREEMPTED_EXIT_CODE (75)
+        ...     accelerator.exit_preempted()  # exit status ember.faults.PREEMPTED_EXIT_CODE (75)
         >>> accelerator.end_training()
         """
         if self._preemption is None or not self.gradient_state.sync_gradients:
@@ -468,13 +471,13 @@ class Accelerator:
         return self._preemption.agreed(self.strategy, self.step, self.device, max(1, every_n_steps))
 
     def exit_preempted(self) -> NoReturn:
-        """Finish trackers, close the process group and exit with ``ember.faults.PREEMPTED_EXIT_CODE``.
-
-        Call it after :meth:`save_state` once :meth:`preempted` returned True (on every rank).
-        """
+        """After :meth:`save_state` once :meth:`preempted` is True: finish trackers, close the process group, exit
+        with ``ember.faults.PREEMPTED_EXIT_CODE``."""
         self.trackers.finish()
         if self._preemption is not None:  # the launcher may signal again while we exit: the state is saved
             self._preemption.ignore()
+        if self._watchdog is not None:
+            self._watchdog.stop()
         self.strategy.teardown()
         raise SystemExit(faults.PREEMPTED_EXIT_CODE)
 
@@ -531,8 +534,9 @@ class Accelerator:
     def save_state(self, output_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> Path:
         """Save model(s), optimizer(s), scheduler(s), scaler, RNG, data position and registered objects.
 
-        With no ``output_dir`` it writes ``<project_dir>/checkpoints/step-XXXXXXXX`` and updates ``latest``.
-        The directory appears atomically; see :mod:`ember.checkpoint`.
+        With no ``output_dir`` it writes ``<project_dir>/checkpoints/step-XXXXXXXX``, updates ``latest`` and, with
+        ``keep_last=N``, then deletes all but the newest N. The directory appears atomically; a failure on any
+        rank raises on every rank and commits nothing. Call it on every rank, after ``optimizer.step()``.
         """
         from ember._state import save_state
 
@@ -540,7 +544,8 @@ class Accelerator:
 
     def load_state(self, input_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> Path | None:
         """Restore what :meth:`save_state` wrote. With no path: the newest complete checkpoint under
-        ``<project_dir>/checkpoints`` (returns None if there is none yet)."""
+        ``<project_dir>/checkpoints`` (returns None if there is none yet). Every file is checked against the
+        manifest's sha256 (``check_hashes=False``: sizes only); nothing is ever unpickled."""
         from ember._state import load_state
 
         return load_state(self, None if input_dir is None else Path(input_dir), **kwargs)
@@ -564,6 +569,8 @@ class Accelerator:
         self.wait_for_everyone()
         if self._preemption is not None:
             self._preemption.uninstall()
+        if self._watchdog is not None:
+            self._watchdog.stop()
         self.strategy.teardown()
 
     def free_memory(self, *objects: Any) -> tuple[Any, ...]:

@@ -31,7 +31,10 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -296,6 +299,70 @@ def is_comm_failure(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and bool(_COMM_FAILURE.search(str(exc)))
 
 
+class StepWatchdog:
+    """Reports a rank that makes no optimizer step for as long as the process-group timeout.
+
+    A daemon thread wakes every ``timeout / 4`` seconds (at most 30 s) and reads ``accelerator.step``; when it has
+    not changed for ``timeout`` seconds it prints, once per stall, the step this rank is at and where its main
+    thread is. It never stops anything (the process-group timeout does): it names the step on NCCL, where a
+    timed-out collective aborts the process from NCCL's own watchdog instead of raising in Python, and on a rank
+    that stalls outside any collective. Started by the Accelerator in jobs of more than one process.
+
+    >>> import time
+    >>> dog = StepWatchdog(rank=0, timeout_s=0.2, read_step=lambda: 7).start()
+    >>> time.sleep(0.5)  # doctest: +SKIP
+    >>> dog.stop()
+    """
+
+    def __init__(self, rank: int, timeout_s: float, read_step: Callable[[], int]) -> None:
+        self.rank, self.timeout_s, self._read = rank, timeout_s, read_step
+        self.interval = min(30.0, max(0.05, timeout_s / 4))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> StepWatchdog:
+        self._thread = threading.Thread(target=self._run, name="ember-step-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        main = threading.main_thread().ident
+        last, since, warned = self._read(), time.monotonic(), False
+        while not self._stop.wait(self.interval):
+            step, now = self._read(), time.monotonic()
+            if step != last:
+                last, since, warned = step, now, False
+            elif not warned and now - since >= self.timeout_s:
+                warned = True
+                frame = sys._current_frames().get(main) if main is not None else None
+                where = "".join(traceback.format_stack(frame)[-4:]) if frame is not None else "  (unknown)\n"
+                print(
+                    f"[ember] rank {self.rank}: no optimizer step for {now - since:.0f}s (the process-group timeout "
+                    f"is {self.timeout_s:g}s); still at step {step}. The main thread is at:\n{where}",
+                    file=sys.stderr, flush=True,
+                )
+
+
+def raise_if_comm_failure(strategy: Strategy, where: str, step: int, exc: RuntimeError) -> None:
+    """Raise :class:`CollectiveFailedError` (naming rank, call and step) from ``exc`` if it is a collective that
+    timed out or lost a peer; otherwise return, and the caller re-raises ``exc``. Costs nothing until then."""
+    if not strategy.is_distributed or isinstance(exc, CollectiveFailedError) or not is_comm_failure(exc):
+        return
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    timeout = strategy.timeout.total_seconds()
+    raise CollectiveFailedError(
+        f"rank {strategy.process.rank}/{strategy.process.world_size}: a collective in {where} at step {step} "
+        f"failed: {first}. A peer rank stalled for longer than the process-group timeout ({timeout:g}s) or "
+        "died; look at the other ranks' output for the cause. If steps are legitimately that slow, raise "
+        "Accelerator(timeout=...).",
+        step,
+        where,
+    ) from exc
+
+
 @contextlib.contextmanager
 def named_collective(strategy: Strategy, where: str, step: Callable[[], int]) -> Iterator[None]:
     """Re-raise a collective failure inside the block as :class:`CollectiveFailedError` naming rank and step.
@@ -306,16 +373,5 @@ def named_collective(strategy: Strategy, where: str, step: Callable[[], int]) ->
     try:
         yield
     except RuntimeError as exc:
-        if not strategy.is_distributed or isinstance(exc, CollectiveFailedError) or not is_comm_failure(exc):
-            raise
-        at = step()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        timeout = strategy.timeout.total_seconds()
-        raise CollectiveFailedError(
-            f"rank {strategy.process.rank}/{strategy.process.world_size}: a collective in {where} at step {at} "
-            f"failed: {first}. A peer rank stalled for longer than the process-group timeout ({timeout:g}s) or "
-            "died; look at the other ranks' output for the cause. If steps are legitimately that slow, raise "
-            "Accelerator(timeout=...).",
-            at,
-            where,
-        ) from exc
+        raise_if_comm_failure(strategy, where, step(), exc)
+        raise

@@ -112,6 +112,11 @@ class References:
         self.root = root
         self.cache: dict[tuple[int, str], Outcome] = {}
 
+    def dir(self, world: int, layer: str = "accelerator") -> Path:
+        """The reference run's output directory (its checkpoints are under ``checkpoints/``)."""
+        self.get(world, layer)
+        return self.root / f"reference-w{world}-{layer}"
+
     def get(self, world: int, layer: str = "accelerator") -> Outcome:
         key = (world, layer)
         if key not in self.cache:

@@ -21,3 +21,20 @@ def test_stalled_rank_ends_the_job_within_timeout(tmp_path: Path, fw: Any) -> No
         "ember.faults.CollectiveFailedError: rank 0/2: a collective in backward() at step 2 failed" in result.output
     ), fw.describe(result)
     assert "process-group timeout (10s)" in result.output
+
+
+def test_step_watchdog_names_the_step_and_where_the_rank_is(capfd: pytest.CaptureFixture[str]) -> None:
+    """The thread that names the step where NCCL would abort without a Python error (and on a stalled rank)."""
+    import time
+
+    from ember.faults import StepWatchdog
+
+    def stuck_in_my_loop() -> None:
+        dog = StepWatchdog(rank=1, timeout_s=0.2, read_step=lambda: 7).start()
+        time.sleep(0.8)
+        dog.stop()
+
+    stuck_in_my_loop()
+    err = capfd.readouterr().err
+    assert "[ember] rank 1: no optimizer step for" in err and "still at step 7" in err, err
+    assert "stuck_in_my_loop" in err and err.count("no optimizer step") == 1  # once per stall

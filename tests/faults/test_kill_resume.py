@@ -1,4 +1,6 @@
-"""Must-show 1: kill -9 at >= 5 points, resume with the same command, finish bit-identical to the never-killed run."""
+"""Must-show 1: kill -9 at >= 5 points, resume with the same command, finish bit-identical to the never-killed run,
+for both layers (the Accelerator in a plain loop with load_state(); the Trainer with ModelCheckpoint and
+fit(ckpt_path="last")), on 1 and 2 processes."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ KILLS = {
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("world", [1, 2])
-@pytest.mark.parametrize("layer", ["accelerator"])
+@pytest.mark.parametrize("layer", ["accelerator", "trainer"])
 def test_kill9_anywhere_resumes_bit_identical(world: int, layer: str, tmp_path: Path, fw: Any, references: Any) -> None:
     want = references.get(world, layer)
     runs = fw.run_until_done(tmp_path, world, "--kill", ",".join(KILLS[world]), layer=layer)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,32 @@ def test_sigterm_to_rank1_stops_both_ranks_at_the_same_step(layer: str, tmp_path
     assert second.returncode == 0, fw.describe(second)
     assert "start at step 3" in second.output
     fw.assert_identical(fw.outcome(tmp_path, 2), references.get(2, layer))
+
+
+@pytest.mark.timeout(240)
+def test_sigusr1_to_the_launcher_is_forwarded_and_both_ranks_stop(tmp_path: Path, fw: Any, references: Any) -> None:
+    """SLURM's flow: the launcher gets SIGUSR1, forwards it to every worker, which save and exit; `ember launch`
+    exits 75."""
+    flags = ["--handle-signals", "--save-every", 100, "--step-sleep", 0.15]
+    proc = subprocess.Popen(fw.command(tmp_path, 2, *flags), env=fw.clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        losses = tmp_path / "losses-rank1.txt"
+        deadline = time.monotonic() + 120
+        while not (losses.exists() and len(losses.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGUSR1)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == PREEMPTED_EXIT_CODE, output[-6000:]
+    stopped = [json.loads((tmp_path / f"preempted-rank{r}.json").read_text()) for r in (0, 1)]
+    assert stopped[0] == stopped[1] and 1 <= stopped[0]["step"] < 6, stopped
+    second = fw.run_worker(tmp_path, 2, "--handle-signals", layer="accelerator")
+    assert second.returncode == 0, fw.describe(second)
+    fw.assert_identical(fw.outcome(tmp_path, 2), references.get(2))
 
 
 @pytest.mark.timeout(120)

@@ -111,12 +111,9 @@ def prepared(worker: ModuleType, root: Path, items: int = 40, batch_size: int = 
 
 
 @pytest.fixture(scope="module")
-def two_rank_checkpoint(tmp_path_factory: pytest.TempPathFactory, fw: Any) -> Path:
-    """Step 1 of a 2-rank run: 3 batches of 4 consumed per rank, mid-epoch."""
-    out = tmp_path_factory.mktemp("two-ranks")
-    result = fw.run_worker(out, 2, "--epochs", 1)
-    assert result.returncode == 0, fw.describe(result)
-    return out / "checkpoints" / "step-00000001"
+def two_rank_checkpoint(references: Any) -> Path:
+    """Step 1 of the 2-rank reference run: 3 batches of 4 consumed per rank, mid-epoch."""
+    return Path(references.dir(2)) / "checkpoints" / "step-00000001"
 
 
 def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path: Path, worker: ModuleType, two_rank_checkpoint: Path,

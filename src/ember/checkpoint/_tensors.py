@@ -95,11 +95,30 @@ def _as_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(array)
 
 
+def _start_copy(t: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Begin moving ``t`` to host memory: a CUDA tensor is copied asynchronously into pinned memory."""
+    if t.device.type != "cuda":
+        return t, None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t.detach(), non_blocking=True)
+    done = torch.cuda.Event()  # type: ignore[no-untyped-call,unused-ignore]
+    done.record(torch.cuda.current_stream(t.device))
+    return host, done
+
+
 def _chunks(order: list[str], tensors: Mapping[str, torch.Tensor], header: bytes) -> Iterator[Data]:
+    """The file's bytes. A CUDA tensor's copy to the host starts one tensor ahead, so it overlaps the disk write
+    of the previous one (at most two tensors are staged in host memory at a time)."""
     yield struct.pack("<Q", len(header)) + header
-    for key in order:
-        if tensors[key].numel():
-            yield _as_bytes(tensors[key])
+    pending = [tensors[key] for key in order if tensors[key].numel()]
+    ahead = _start_copy(pending[0]) if pending else None
+    for i in range(len(pending)):
+        assert ahead is not None
+        host, done = ahead
+        ahead = _start_copy(pending[i + 1]) if i + 1 < len(pending) else None
+        if done is not None:
+            done.synchronize()
+        yield _as_bytes(host)
 
 
 def write_tensors(

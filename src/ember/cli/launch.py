@@ -70,6 +70,21 @@ def job_exit_code(codes: Sequence[int]) -> int:
     return 128 - code if code < 0 else (code or 1)
 
 
+def signal_exit_code(signum: int) -> int:
+    """The exit status when the launcher itself was signalled (and forwarded the signal to the workers): a
+    preemption signal (SIGTERM, SIGUSR1) gives ``PREEMPTED_EXIT_CODE`` (rerun to continue), others 128 + N.
+
+    >>> import signal
+    >>> signal_exit_code(signal.SIGUSR1), signal_exit_code(signal.SIGINT)
+    (75, 130)
+    """
+    import signal
+
+    from ember.faults import PREEMPTED_EXIT_CODE
+
+    return PREEMPTED_EXIT_CODE if signum in (signal.SIGTERM, signal.SIGUSR1) else 128 + signum
+
+
 def launch(cfg: LaunchConfig, script: str, script_args: Sequence[str]) -> int:
     """Run ``script`` under torch's elastic agent; returns the job's exit code."""
     from torch.distributed import run as torchrun
@@ -95,5 +110,8 @@ def launch(cfg: LaunchConfig, script: str, script_args: Sequence[str]) -> int:
         failures = getattr(err, "failures", None)
         if failures:
             return job_exit_code([int(getattr(f, "exitcode", 1)) for f in failures.values()])
+        sigval = getattr(err, "sigval", None)  # SignalException: the agent got a signal and forwarded it
+        if sigval is not None:
+            return signal_exit_code(int(sigval))
         raise
     return 0

@@ -65,6 +65,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=None)
     p.add_argument("--handle-signals", action="store_true")
     p.add_argument("--precision", default=None)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one GPU per rank (not exact)")
+    p.add_argument("--step-sleep", type=float, default=0.0, help="seconds of sleep per micro-batch")
     return p.parse_args(argv)
 
 
@@ -244,7 +246,8 @@ class LossLog:
 
 
 def write_results(out: Path, rank: int, model: torch.nn.Module, info: dict[str, Any]) -> None:
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out / f"final-rank{rank}.safetensors")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              out / f"final-rank{rank}.safetensors")
     (out / f"result-rank{rank}.json").write_text(json.dumps(info))
 
 
@@ -255,7 +258,7 @@ def run_accelerator(args: argparse.Namespace) -> None:
     from ember import Accelerator
 
     acc = Accelerator(
-        cpu=True, seed=0, gradient_accumulation_steps=args.accum, project_dir=args.out, verbose=False,
+        cpu=args.device == "cpu", seed=0, gradient_accumulation_steps=args.accum, project_dir=args.out, verbose=False,
         handle_signals=args.handle_signals, nonfinite=args.nonfinite, timeout=args.timeout,
         mixed_precision=args.precision,
     )
@@ -286,6 +289,7 @@ def run_accelerator(args: argparse.Namespace) -> None:
             m = loop.micro
             with acc.accumulate(model):
                 faults.stall(m)
+                time.sleep(args.step_sleep)
                 loss = micro_loss(model, x, y)
                 if faults.nan(m):
                     loss = loss * float("nan")
@@ -314,11 +318,86 @@ def run_accelerator(args: argparse.Namespace) -> None:
     acc.end_training()
 
 
+# ----------------------------------------------------------------------------------------------------------
+# the Trainer layer: the same run as an ember.Module, checkpoints by ModelCheckpoint, fit(ckpt_path="last")
+# ----------------------------------------------------------------------------------------------------------
+def run_trainer(args: argparse.Namespace) -> None:
+    import ember as L
+    from ember.callbacks import Callback, ModelCheckpoint
+    from ember.trainer import _checkpoint
+
+    rank = int(os.environ.get("RANK", "0"))
+    faults = Faults(args, rank)
+    faults.patch_engine()
+    micro = {"m": -1}
+    log: list[LossLog] = []
+
+    class Net(L.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build_model()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            faults.stall(micro["m"])
+            time.sleep(args.step_sleep)
+            loss = micro_loss(self.net, x, y)
+            return loss * float("nan") if faults.nan(micro["m"]) else loss
+
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=0.02)
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    class Faulty(Callback):
+        def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+            micro["m"] = int(trainer.current_epoch * trainer.num_training_batches + batch_idx)
+            if not log:  # first batch of this process: drop the history from here on
+                log.append(LossLog(args.out, rank, micro["m"]))
+
+        def on_after_backward(self, trainer: Any, module: Any) -> None:
+            faults.point("backward", micro["m"])
+
+        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            log[0].write(micro["m"], outputs["loss"])
+            if trainer.accelerator.sync_gradients:
+                faults.point("step", micro["m"])  # checkpoint callbacks run after this one
+
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            faults.point("epoch", trainer.current_epoch)
+
+    real_save = _checkpoint.save
+
+    def save(t: Any, path: Path) -> Path:
+        faults.saving_step, faults.writes = t.accelerator.step, 0
+        out = real_save(t, path)
+        faults.saving_step = None
+        faults.point("save", micro["m"])
+        return out
+
+    _checkpoint.save = save
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=args.epochs, accumulate_grad_batches=args.accum, seed=0, deterministic=True,
+        default_root_dir=args.out, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[Faulty(), ModelCheckpoint(
+            dirpath=args.out / "checkpoints", every_n_train_steps=args.save_every,
+            save_top_k=-1 if args.keep_last is None else args.keep_last, save_last=args.keep_last is None,
+        )],
+    )
+    module = Net()
+    loader = DataLoader(dataset(args.items), batch_size=args.batch_size, shuffle=True)
+    trainer.fit(module, loader, ckpt_path="last")
+    print(f"[fault_worker] rank {rank}: trainer finished at step {trainer.global_step}", flush=True)
+    write_results(args.out, rank, module.net, {"step": trainer.global_step, "epoch": trainer.current_epoch})
+
+
 def main(argv: list[str]) -> None:
     args = parse(argv)
     if args.layer == "trainer":
-        raise SystemExit("fault_worker: the Trainer layer variant is not written yet")
-    run_accelerator(args)
+        run_trainer(args)
+    else:
+        run_accelerator(args)
 
 
 if __name__ == "__main__":
