@@ -103,3 +103,15 @@ def test_off_by_default_and_bad_values_suggest(tmp_path: Path) -> None:
     assert acc._stepper.guard is None
     with pytest.raises(EmberConfigError, match='Did you mean "skip"'):
         Accelerator(cpu=True, nonfinite="skp")
+
+
+@pytest.mark.timeout(180)
+def test_trainer_nan_on_rank1_is_skipped_on_both_ranks(tmp_path: Path, fw: Any) -> None:
+    """Trainer(nonfinite="skip"): the same collective decision through the structured layer."""
+    result = fw.run_worker(tmp_path, 2, "--nonfinite", "skip", "--nan", "7:1", layer="trainer")
+    assert result.returncode == 0, fw.describe(result)
+    assert "nonfinite='skip': step 2 had inf/NaN" in result.output
+    got = fw.outcome(tmp_path, 2)
+    assert [json.loads(r)["step"] for r in got.results] == [5, 5]  # 6 windows, one skipped
+    for k, v in got.params[0].items():
+        assert torch.equal(v, got.params[1][k]) and bool(torch.isfinite(v).all()), k

@@ -129,3 +129,19 @@ def test_handler_only_records_the_signal() -> None:
     finally:
         handler.uninstall()
     assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
+
+
+@pytest.mark.timeout(240)
+def test_trainer_sigterm_to_rank1_saves_the_same_step_and_resumes_exactly(tmp_path: Path, fw: Any,
+                                                                          references: Any) -> None:
+    """The Trainer layer: Trainer(handle_signals=True) saves step 3 on both ranks, exits 75, and the same command
+    (fit(ckpt_path="last")) finishes identical to the uninterrupted run."""
+    flags = ["--handle-signals", "--save-every", 4]
+    first = fw.run_worker(tmp_path, 2, *flags, "--signal", "SIGTERM@6:1", layer="trainer")
+    assert first.returncode == PREEMPTED_EXIT_CODE, fw.describe(first)
+    assert "preempted: saved" in first.output and "at step 3" in first.output
+    saved = ckpt.verify(tmp_path / "checkpoints" / "step-00000003")
+    assert saved["step"] == 3 and {"state-rank0.json", "state-rank1.json", "trainer.json"} <= set(saved["files"])
+    second = fw.run_worker(tmp_path, 2, *flags, layer="trainer")
+    assert second.returncode == 0, fw.describe(second)
+    fw.assert_identical(fw.outcome(tmp_path, 2), references.get(2, "trainer"))

@@ -18,7 +18,7 @@ TRAINER_FLAGS = (
     "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches", "callbacks", "logger",
     "log_every_n_steps", "enable_progress_bar", "enable_checkpointing", "enable_model_summary", "profiler",
     "deterministic", "benchmark", "inference_mode", "detect_anomaly", "sync_batchnorm", "fast_dev_run",
-    "overfit_batches", "default_root_dir", "seed",
+    "overfit_batches", "default_root_dir", "seed", "handle_signals", "nonfinite",
 )
 #: Lightning flags ember does not have; a ported script gets a clear message instead of a TypeError
 LIGHTNING_ONLY = {

@@ -10,6 +10,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,6 +58,8 @@ def train_epoch(t: Trainer) -> None:
                 run_validation(t)
             if acc.sync_gradients or not t._module.automatic_optimization:
                 step_schedulers(t, "step", plateau=True)
+                if acc.preempted():  # every rank agrees at this step boundary
+                    preempt(t)
             if is_last or stop_now(t):
                 break
         else:
@@ -187,6 +190,19 @@ def end_epoch(t: Trainer) -> None:
     loop.epoch, loop.batch_idx, loop.epoch_finished = loop.epoch + 1, 0, False
 
 
+def preempt(t: Trainer) -> None:
+    """A preemption signal reached some rank: every rank saves this step, then the job exits with status 75."""
+    from ember import checkpoint as ckpt
+    from ember.trainer import _checkpoint
+
+    dirs = [cb.dirpath for cb in t.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+    root = Path(dirs[0]) if dirs else Path(t.default_root_dir) / "checkpoints"
+    path = _checkpoint.save(t, root / ckpt.step_dir_name(t.global_step))
+    t.accelerator.print(f"[ember] preempted: saved {path} at step {t.global_step}; exiting with status 75. Run the same "
+            "command with fit(..., ckpt_path='last') to continue.")
+    t.accelerator.exit_preempted()
+
+
 def step_schedulers(t: Trainer, interval: str, plateau: bool) -> None:
     """Step the schedulers of ``interval`` (Lightning's ``frequency``; ReduceLROnPlateau gets its metric)."""
     module = t._module
@@ -242,6 +258,8 @@ def send(t: Trainer, metrics: dict[str, Any]) -> None:
         return
     values = to_floats(metrics)
     values.setdefault("epoch", float(t.current_epoch))
+    if t.accelerator.skipped_steps:  # steps dropped by nonfinite="skip" or fp16 overflow are visible in the logs
+        values["skipped_steps"] = float(t.accelerator.skipped_steps)
     for logger in t.loggers:
         logger.log_metrics(values, step=t._loop.log_step)
 

@@ -41,6 +41,11 @@ ModelCheckpoint/EarlyStopping run after the module's hook)::
 
 ``devices=N`` without a distributed launch re-runs the script on N processes: see
 :mod:`ember.trainer._launch`. Under ``ember launch``/``torchrun`` the Trainer joins the job.
+
+Faults (see docs/faults.md): ``Trainer(handle_signals=True)`` turns SIGTERM/SIGUSR1 on any rank into a
+checkpoint ``<checkpoint dir>/step-XXXXXXXX`` written by every rank at the same optimizer step, then an exit
+with status 75 (``ember.faults.PREEMPTED_EXIT_CODE``); the same command with ``fit(..., ckpt_path="last")``
+continues exactly. ``nonfinite="skip"|"halt"`` guards each optimizer step against inf/NaN on any rank.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ import torch
 from ember._errors import EmberConfigError
 from ember.accelerator import Accelerator
 from ember.callbacks.base import Callback
+from ember.faults import PREEMPTED_EXIT_CODE
 from ember.trainer import _config as cfg
 from ember.trainer import _loops, _setup
 from ember.trainer._hooks import Hooks
@@ -123,6 +129,8 @@ class Trainer:
         overfit_batches: int | float = 0.0,
         default_root_dir: str | os.PathLike[str] | None = None,
         seed: int | None = None,
+        handle_signals: bool | Sequence[int | str] = False,
+        nonfinite: str = "off",
         **unknown: Any,
     ) -> None:
         cfg.check_unknown(unknown)
@@ -174,6 +182,7 @@ class Trainer:
             self._accelerator = Accelerator(
                 mixed_precision=self._precision_flag, strategy=self._strategy_flag, accelerator=kind,
                 gradient_accumulation_steps=self._accumulate, seed=seed, project_dir=self.default_root_dir,
+                handle_signals=handle_signals, nonfinite=nonfinite,
             )
             _setup.apply_backend_flags(deterministic, benchmark)
             if self._accelerator.process.world_size > 1:  # test/predict may follow fit: close at exit
@@ -281,8 +290,10 @@ class Trainer:
             with torch.autograd.set_detect_anomaly(self.detect_anomaly) if self.detect_anomaly else nullcontext():
                 body()
         except BaseException as err:
-            self.state.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            self._hooks.callbacks("on_exception", err)
+            preempted = isinstance(err, SystemExit) and err.code == PREEMPTED_EXIT_CODE
+            self.state.status = "interrupted" if isinstance(err, KeyboardInterrupt) or preempted else "failed"
+            if not preempted:  # a preempted run saved its checkpoint already and exits on purpose
+                self._hooks.callbacks("on_exception", err)
             _setup.finalize_loggers(self, self.state.status)
             if self._profiling:  # stop a running torch.profiler, close open actions
                 self.profiler.teardown(stage)
