@@ -201,7 +201,6 @@ def test_update_latest_false_leaves_the_pointer(tmp_path: Path) -> None:
     first = save(tmp_path, 1)
     save(tmp_path, 2, update_latest=False)
     assert (tmp_path / "latest").read_text().strip() == first.name
-    assert find_latest(tmp_path) == first
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -503,10 +502,21 @@ def test_find_latest_skips_incomplete_dirs_and_dangling_pointers(tmp_path: Path)
     assert find_latest(tmp_path) == tmp_path / step_dir_name(1)
 
 
-def test_find_latest_trusts_a_valid_pointer_over_newer_dirs(tmp_path: Path) -> None:
-    first = save(tmp_path, 1)
-    save(tmp_path, 2, update_latest=False)
-    assert find_latest(tmp_path) == first
+def test_find_latest_prefers_a_newer_complete_checkpoint_over_a_lagging_pointer(tmp_path: Path) -> None:
+    """A crash between a commit and the pointer update: the newest complete checkpoint wins."""
+    save(tmp_path, 1)
+    second = save(tmp_path, 2, update_latest=False)
+    assert find_latest(tmp_path) == second
+    (second / "manifest.json").write_text("{")  # the newer one broken: the pointer's target is used again
+    assert find_latest(tmp_path) == tmp_path / "step-00000001"
+
+
+def test_find_latest_orders_template_named_dirs_by_their_manifest_step(tmp_path: Path) -> None:
+    a = save(tmp_path, 3)
+    b = a.rename(tmp_path / "epoch=0-step=3")
+    c = save(tmp_path, 7).rename(tmp_path / "epoch=1-step=7")
+    (tmp_path / "latest").write_text(b.name)
+    assert find_latest(tmp_path) == c
 
 
 def test_retention_keeps_the_newest_and_cleans_leftovers(tmp_path: Path) -> None:

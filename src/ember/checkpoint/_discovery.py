@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -108,16 +109,39 @@ def find_latest(root: Path) -> Path | None:
     """
     root = Path(root)
     target = _pointer(root)
-    if target is not None and _complete(target):
-        return target
-    candidates = [
-        (s, 1, p) for s, p in ((_step_of(p.name), p) for p in list_checkpoints(root)) if s is not None
-    ]
+    best = target if target is not None and _complete(target) else None
+    best_step = _manifest_step(best) if best is not None else -1
+    # A crash between a commit and the pointer update leaves the pointer one checkpoint behind: a complete
+    # checkpoint of a later step wins over the pointer. Dirs with other names (the Trainer's templates) count.
+    candidates = [(_manifest_step(p), 1, p) for p in _committed_dirs(root)]
     candidates += [(s, 0, p) for s, p in _orphans(root)]
-    for _, _, path in sorted(candidates, reverse=True):
+    for step, _, path in sorted(candidates, key=lambda c: (c[0], c[1], c[2].name), reverse=True):
+        if step <= best_step:
+            break
         if path != target and _complete(path):
             return path
-    return None
+    return best
+
+
+def _manifest_step(path: Path) -> int:
+    try:
+        with open(path / MANIFEST, encoding="utf-8") as f:
+            step = json.load(f).get("step", -1)
+        return int(step) if isinstance(step, int) else -1
+    except (OSError, ValueError, AttributeError):
+        return -1
+
+
+def _committed_dirs(root: Path) -> list[Path]:
+    """Every non-hidden directory under ``root`` holding a manifest (step-* and template-named ones)."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    return [
+        root / e.name for e in entries
+        if not e.name.startswith(".") and e.is_dir(follow_symlinks=False) and os.path.isfile(Path(e.path, MANIFEST))
+    ]
 
 
 def _restore_orphans(root: Path) -> None:
