@@ -75,12 +75,13 @@ def test_sigusr1_on_one_process(tmp_path: Path, fw: Any, references: Any) -> Non
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("layer", ["accelerator"])
+@pytest.mark.parametrize("layer", ["accelerator", "trainer"])
 def test_elastic_restart_resumes_on_its_own(layer: str, tmp_path: Path, fw: Any, references: Any) -> None:
     result = fw.run_worker(tmp_path, 2, "--kill", "backward@8:1", layer=layer, launch=("--max_restarts", "1"))
     assert result.returncode == 0, fw.describe(result)
     assert "SIGKILL at backward@8" in result.output
-    assert result.output.count("start at step 3 (resumed from") == 2  # both ranks of the restarted group
+    if layer == "accelerator":
+        assert result.output.count("start at step 3 (resumed from") == 2  # both ranks of the restarted group
     fw.assert_identical(fw.outcome(tmp_path, 2), references.get(2, layer))
 
 
