@@ -24,7 +24,7 @@ from ember import Accelerator
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--accum", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -43,7 +43,7 @@ def main() -> None:
         seed=1234,
     )
     text = load_corpus()
-    cfg = GPTConfig()
+    cfg = GPTConfig(dropout=0.1)
     train = CharDataset(text, cfg.block_size, stride=4)
     val = CharDataset(text, cfg.block_size, stride=4)
     val.starts = [s + 2 for s in val.starts[::5]]  # windows at offsets the training set never starts at
