@@ -80,6 +80,7 @@ def test_launch_refuses_more_processes_than_gpus(
     )
     started: list[Any] = []
     monkeypatch.setattr("torch.distributed.run.run", lambda args: started.append(args))
+    (tmp_path / "train.py").write_text("print('never run')\n")
     assert ember_main(["launch", "--num_processes", "2", str(tmp_path / "train.py")]) == 2
     assert "ember launch: error: --num_processes=2 over 1 machine(s)" in capsys.readouterr().err
     assert started == []
@@ -181,3 +182,13 @@ def test_save_state_refuses_an_existing_directory_that_is_not_a_checkpoint(tmp_p
     saved = acc.save_state(tmp_path / "ckpt")
     assert (saved / "manifest.json").is_file() and (saved / "model.safetensors").is_file()
     assert acc.save_state(tmp_path / "ckpt") == saved
+
+
+def test_launch_of_a_missing_script_fails_before_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started: list[Any] = []
+    monkeypatch.setattr("torch.distributed.run.run", lambda args: started.append(args))
+    assert ember_main(["launch", "--num_processes", "2", str(tmp_path / "trian.py")]) == 2
+    assert f"ember launch: error: the script '{tmp_path / 'trian.py'}' does not exist" in capsys.readouterr().err
+    assert started == []

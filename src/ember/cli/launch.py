@@ -90,6 +90,8 @@ def launch(cfg: LaunchConfig, script: str, script_args: Sequence[str]) -> int:
     from torch.distributed import run as torchrun
 
     cfg.validate("ember launch")
+    if not os.path.isfile(script):
+        raise EmberConfigError(f"the script {script!r} does not exist (looked in {os.getcwd()}).")
     check_resources(cfg)
     os.environ["EMBER_MIXED_PRECISION"] = cfg.mixed_precision
     os.environ["EMBER_STRATEGY"] = cfg.strategy
