@@ -56,9 +56,8 @@ def main() -> None:
     total_steps = args.epochs * math.ceil(len(train_dl) / args.accum)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps + 1)
     model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
-    accelerator.init_trackers("demo", config=vars(args))
-
     resumed = accelerator.load_state()  # newest complete checkpoint, or None
+    accelerator.init_trackers("demo", config=vars(args))  # after load_state: a resumed run logs to the same run
     start_epoch = train_dl.state.epoch
     if resumed:
         accelerator.print(f"resumed from {resumed} (epoch {start_epoch}, step {accelerator.step})")

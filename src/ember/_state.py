@@ -131,6 +131,8 @@ def _write_replicated(
         ckpt.save_state(tmp, f"custom_{i}", obj.state_dict())
     if trainer_state is not None:
         ckpt.save_state(tmp, "trainer", trainer_state)
+    if acc.trackers.loggers:
+        ckpt.save_state(tmp, "trackers", acc.trackers.state_dict())
 
 
 def _rank_state(acc: Accelerator, extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -256,6 +258,8 @@ def _load_replicated(acc: Accelerator, path: Path) -> None:
     acc.precision.load_state_dict(ckpt.load_state(path, "precision"))
     for i, obj in enumerate(acc._custom_objects):
         obj.load_state_dict(ckpt.load_state(path, f"custom_{i}"))
+    if acc.is_main_process and (path / "trackers.json").is_file():
+        acc.trackers.load_state_dict(ckpt.load_state(path, "trackers"))
 
 
 def _restore_rank_state(acc: Accelerator, state: dict[str, Any], saved_world: int) -> None:

@@ -40,6 +40,7 @@ class Trackers:
             self._requested.append(item)
         self.loggers: list[Logger] = []
         self._started = False
+        self._pending: dict[str, Any] | None = None
 
     def init(self, project_name: str, config: dict[str, Any] | None, init_kwargs: dict[str, Any]) -> None:
         from ember.loggers import Logger, make_logger
@@ -58,10 +59,42 @@ class Trackers:
                         init_kwargs=init_kwargs.get(item),
                     )
                 )
+        if self._pending is not None:  # load_state() ran first: continue the saved runs (same version / id)
+            self._apply(self._pending)
+            self._pending = None
         if config:
             for logger in self.loggers:
                 logger.log_hyperparams(config)
         self._started = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trackers' run identities (version, run id, last step), saved with the Accelerator's state."""
+        return {"loggers": [{"type": type(lg).__name__, "state": lg.state_dict()} for lg in self.loggers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the saved runs. Call ``load_state()`` before ``init_trackers()`` for this to take effect;
+        trackers that already logged keep their new run (with a warning)."""
+        if not self._acc.is_main_process:
+            return
+        if not self.loggers:
+            self._pending = state
+            return
+        self._apply(state)
+
+    def _apply(self, state: dict[str, Any]) -> None:
+        import warnings
+
+        for logger, saved in zip(self.loggers, state.get("loggers", [])):
+            if saved.get("type") != type(logger).__name__:
+                continue
+            try:
+                logger.load_state_dict(saved["state"])
+            except RuntimeError:
+                warnings.warn(
+                    f"{type(logger).__name__} already logged before load_state(): it keeps its new run. Call "
+                    "accelerator.load_state() before accelerator.init_trackers() to continue the saved run.",
+                    stacklevel=4,
+                )
 
     def get(self, name: str, unwrap: bool = False) -> Any:
         for logger in self.loggers:

@@ -37,3 +37,8 @@ def test_demo_trains_logs_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert "epoch 1: val_loss" not in second
     line = next(x for x in second.splitlines() if x.startswith("epoch 2: val_loss"))
     assert float(line.split()[3].rstrip(";")) == round(val[-1], 3)
+    # the logs continue in the same run: no second version, epoch 2's rows replaced, not duplicated
+    assert sorted(p.name for p in (tmp_path / "demo" / "logs" / "demo").iterdir()) == ["version_0"]
+    rows = list(csv.DictReader((tmp_path / "demo" / "logs" / "demo" / "version_0" / "metrics.csv").open()))
+    resumed_val = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
+    assert resumed_val == val
