@@ -264,7 +264,7 @@ class Accelerator:
         for i in order:
             results[i] = self._prepare_one(args[i], placement[i])
         if self.verbose and not self._announced and self._notes:
-            self.print("[ember] " + "; ".join(self._notes))
+            self.print("[ember] " + "; ".join(dict.fromkeys(self._notes)))  # each change said once
             self._announced = True
         return results[0] if len(results) == 1 else tuple(results)
 
