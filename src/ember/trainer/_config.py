@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
 import math
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -102,20 +100,10 @@ def apply_limit(limit: int | float, length: float) -> float:
 
 
 def parse_max_time(value: Any) -> float | None:
-    """Seconds from "DD:HH:MM:SS", a ``timedelta`` or a dict of ``timedelta`` arguments."""
-    if value is None:
-        return None
-    if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
-    if isinstance(value, Mapping):
-        try:
-            return datetime.timedelta(**value).total_seconds()
-        except TypeError as err:
-            raise EmberConfigError(f"max_time={dict(value)!r}: {err}; use keys of datetime.timedelta.") from err
-    if isinstance(value, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", value.strip()):
-        days, hours, minutes, seconds = (int(p) for p in value.strip().split(":"))
-        return datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
-    raise EmberConfigError(f'max_time={value!r}: use "DD:HH:MM:SS", a datetime.timedelta or a dict like {{"hours": 1}}.')
+    """Seconds from "DD:HH:MM:SS", a ``timedelta`` or a dict of ``timedelta`` arguments (``Timer``'s parser)."""
+    from ember.callbacks.timer import parse_duration
+
+    return parse_duration(value, "max_time")
 
 
 def resolve_epochs(max_epochs: int | None, max_steps: int, min_epochs: int | None) -> tuple[int, int]:
