@@ -197,6 +197,16 @@ class Module(torch.nn.Module):
         ``save_hyperparameters()`` takes every ``__init__`` argument; ``save_hyperparameters("lr", "width")``
         only those; a dict or ``argparse.Namespace`` argument is used as it is. ``ignore`` drops names;
         ``logger=False`` keeps them out of the loggers.
+
+        >>> import ember as L
+        >>> class Net(L.Module):
+        ...     def __init__(self, width=8, lr=0.1, verbose=False):
+        ...         super().__init__()
+        ...         self.save_hyperparameters(ignore="verbose")
+        >>> Net(width=4).hparams
+        {'width': 4, 'lr': 0.1}
+        >>> Net().hparams.lr
+        0.1
         """
         if frame is None:
             current = inspect.currentframe()
@@ -243,6 +253,26 @@ class Module(torch.nn.Module):
         both True the loggers see ``<name>_step`` and ``<name>_epoch``. Epoch values are reduced with
         ``reduce_fx`` ("mean" is weighted by ``batch_size``, inferred from the batch when not given);
         ``sync_dist=True`` also reduces across processes when the value is read.
+
+        >>> import torch, ember as L
+        >>> from torch.utils.data import DataLoader
+        >>> class Net(L.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.zeros(2))
+        ...     def training_step(self, x, batch_idx):
+        ...         loss = (x @ self.w - 1).pow(2).mean()
+        ...         self.log("loss", loss, on_epoch=True)  # step values and their epoch mean
+        ...         return loss
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> model = Net()
+        >>> trainer.fit(model, DataLoader(torch.ones(8, 2), batch_size=4))  # doctest: +ELLIPSIS
+        [ember] ...
+        >>> {name: round(float(value), 4) for name, value in trainer.callback_metrics.items()}
+        {'loss': 0.68, 'loss_step': 0.36, 'loss_epoch': 0.68}
         """
         trainer = self.__dict__.get("_trainer")
         if trainer is None:
@@ -270,7 +300,24 @@ class Module(torch.nn.Module):
         batch_size: int | None = None,
         rank_zero_only: bool = False,
     ) -> None:
-        """:meth:`log` every item of ``dictionary`` with the same options."""
+        """:meth:`log` every item of ``dictionary`` with the same options.
+
+        >>> import torch, ember as L
+        >>> from torch.utils.data import DataLoader
+        >>> class Net(L.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.zeros(2))
+        ...     def validation_step(self, x, batch_idx):
+        ...         error = x @ self.w - 1
+        ...         self.log_dict({"val_loss": error.pow(2).mean(), "val_mae": error.abs().mean()})
+        >>> trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> loader = DataLoader(torch.ones(8, 2), batch_size=4)
+        >>> trainer.validate(Net(), loader, verbose=False)  # doctest: +ELLIPSIS
+        [ember] ...
+        [{'val_loss': 1.0, 'val_mae': 1.0}]
+        """
         for name, value in dictionary.items():
             self.log(
                 name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
@@ -282,19 +329,84 @@ class Module(torch.nn.Module):
     # optimisation helpers
     # --------------------------------------------------------------------------------------------
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
-        """The prepared optimizer (one) or list of them (several), as ``configure_optimizers`` returned."""
+        """The prepared optimizer (one) or list of them (several), as ``configure_optimizers`` returned.
+
+        >>> import torch, ember as L
+        >>> from torch.utils.data import DataLoader
+        >>> class Net(L.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.zeros(2))
+        ...     def training_step(self, x, batch_idx):
+        ...         return (x @ self.w - 1).pow(2).mean()
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> model = Net()
+        >>> trainer.fit(model, DataLoader(torch.ones(8, 2), batch_size=4))  # doctest: +ELLIPSIS
+        [ember] ...
+        >>> optimizer = model.optimizers()
+        >>> type(optimizer).__name__, optimizer.param_groups[0]["lr"]
+        ('AcceleratedOptimizer', 0.1)
+        """
         opts = list(self.trainer._module_optimizers())
         return opts[0] if len(opts) == 1 else opts
 
     def lr_schedulers(self) -> Any:
-        """The prepared scheduler (one), a list (several) or None."""
+        """The prepared scheduler (one), a list (several) or None.
+
+        >>> import torch, ember as L
+        >>> from torch.utils.data import DataLoader
+        >>> class Net(L.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.zeros(2))
+        ...     def training_step(self, x, batch_idx):
+        ...         return (x @ self.w - 1).pow(2).mean()
+        ...     def configure_optimizers(self):
+        ...         optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        ...         return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)]
+        >>> trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> model = Net()
+        >>> trainer.fit(model, DataLoader(torch.ones(8, 2), batch_size=4))  # doctest: +ELLIPSIS
+        [ember] ...
+        >>> model.lr_schedulers().get_last_lr()  # Lightning's default interval: once per epoch
+        [0.05]
+        """
         scheds = [cfg.scheduler for cfg in self.trainer.lr_scheduler_configs]
         if not scheds:
             return None
         return scheds[0] if len(scheds) == 1 else scheds
 
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """Backward through the Accelerator (precision scaling, DDP sync) with the backward hooks."""
+        """Backward through the Accelerator (precision scaling, DDP sync) with the backward hooks.
+
+        For manual optimisation (``self.automatic_optimization = False``):
+
+        >>> import torch, ember as L
+        >>> from torch.utils.data import DataLoader
+        >>> class Net(L.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.zeros(2))
+        ...         self.automatic_optimization = False
+        ...     def training_step(self, x, batch_idx):
+        ...         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        ...         self.manual_backward((x @ self.w - 1).pow(2).mean())
+        ...         optimizer.step(); optimizer.zero_grad(); scheduler.step()
+        ...     def configure_optimizers(self):
+        ...         optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        ...         return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)]
+        >>> trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> model = Net()
+        >>> trainer.fit(model, DataLoader(torch.ones(8, 2), batch_size=4))  # doctest: +ELLIPSIS
+        [ember] ...
+        >>> trainer.global_step, [round(w, 4) for w in model.w.tolist()]  # lr 0.1, then 0.05
+        (2, [0.26, 0.26])
+        """
         self.trainer._backward(loss, *args, **kwargs)
 
     def clip_gradients(

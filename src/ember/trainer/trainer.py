@@ -228,7 +228,28 @@ class Trainer:
         datamodule: Any = None,
         ckpt_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        """Train ``model``; ``ckpt_path`` resumes from a checkpoint dir, ``"last"`` or ``"best"``."""
+        """Train ``model``; ``ckpt_path`` resumes from a checkpoint dir, ``"last"`` or ``"best"``.
+
+        >>> import torch, ember as L
+        >>> from torch.utils.data import DataLoader
+        >>> class Net(L.Module):  # learns w with x @ w == 1; starts at w == 0
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.zeros(2))
+        ...     def forward(self, x):
+        ...         return x @ self.w
+        ...     def training_step(self, x, batch_idx):
+        ...         return (self(x) - 1).pow(2).mean()
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> model = Net()
+        >>> trainer.fit(model, DataLoader(torch.ones(8, 2), batch_size=4))  # doctest: +ELLIPSIS
+        [ember] model on cpu; ...
+        >>> trainer.global_step, trainer.current_epoch, [round(w, 4) for w in model.w.tolist()]
+        (2, 1, [0.32, 0.32])
+        """
         self._launch_if_needed()
         module = _setup.as_module(model, "fit")
         if datamodule is None and _setup.is_datamodule(train_dataloaders):
@@ -240,21 +261,77 @@ class Trainer:
         self, model: Module | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
         verbose: bool = True, datamodule: Any = None,
     ) -> list[dict[str, float]]:
-        """Run one validation epoch; returns one dict of metrics per dataloader."""
+        """Run one validation epoch; returns one dict of metrics per dataloader.
+
+        Without ``model`` it evaluates the module of the last ``fit``. ``verbose`` prints the results.
+
+        >>> import torch, ember as L
+        >>> from torch.utils.data import DataLoader
+        >>> class Net(L.Module):  # predicts x @ w, with w == 0
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.zeros(2))
+        ...     def forward(self, x):
+        ...         return x @ self.w
+        ...     def validation_step(self, x, batch_idx):
+        ...         error = self(x) - 1
+        ...         self.log_dict({"val_loss": error.pow(2).mean(), "val_mae": error.abs().mean()})
+        >>> trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.validate(Net(), DataLoader(torch.ones(8, 2), batch_size=4))  # doctest: +ELLIPSIS
+        [ember] ...
+        [ember] validate results (dataloader 0): val_loss=1, val_mae=1
+        [{'val_loss': 1.0, 'val_mae': 1.0}]
+        """
         return self._evaluate("validate", model, dataloaders, ckpt_path, verbose, datamodule)
 
     def test(
         self, model: Module | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
         verbose: bool = True, datamodule: Any = None,
     ) -> list[dict[str, float]]:
-        """Run one test epoch; returns one dict of metrics per dataloader."""
+        """Run one test epoch; returns one dict of metrics per dataloader.
+
+        >>> import torch, ember as L
+        >>> from torch.utils.data import DataLoader
+        >>> class Net(L.Module):  # predicts x @ w, with w == 0
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.zeros(2))
+        ...     def forward(self, x):
+        ...         return x @ self.w
+        ...     def test_step(self, x, batch_idx):
+        ...         self.log("test_loss", (self(x) - 1).pow(2).mean())
+        >>> trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> loader = DataLoader(torch.ones(8, 2), batch_size=4)
+        >>> trainer.test(Net(), loader, verbose=False)  # doctest: +ELLIPSIS
+        [ember] ...
+        [{'test_loss': 1.0}]
+        """
         return self._evaluate("test", model, dataloaders, ckpt_path, verbose, datamodule)
 
     def predict(
         self, model: Module | None = None, dataloaders: Any = None, datamodule: Any = None,
         return_predictions: bool | None = None, ckpt_path: str | None = None,
     ) -> list[Any] | None:
-        """Collect ``predict_step`` outputs (a list per dataloader when there are several)."""
+        """Collect ``predict_step`` outputs (a list per dataloader when there are several).
+
+        The default ``predict_step`` returns ``self(batch)``:
+
+        >>> import torch, ember as L
+        >>> from torch.utils.data import DataLoader
+        >>> class Net(L.Module):  # predicts x @ w, with w == 0
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.zeros(2))
+        ...     def forward(self, x):
+        ...         return x @ self.w
+        >>> trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.predict(Net(), DataLoader(torch.ones(4, 2), batch_size=2))  # doctest: +ELLIPSIS
+        [ember] ...
+        [tensor([0., 0.]), tensor([0., 0.])]
+        """
         self._launch_if_needed()
         module = _setup.as_module(model if model is not None else self._module, "predict")
         out: list[Any] = []
@@ -310,7 +387,39 @@ class Trainer:
     def save_checkpoint(
         self, filepath: str | os.PathLike[str], weights_only: bool = False, storage_options: Any = None
     ) -> Path:
-        """Write a checkpoint directory through ``Accelerator.save_state`` (collective: call on every rank)."""
+        """Write a checkpoint directory through ``Accelerator.save_state`` (collective: call on every rank).
+
+        Resume with ``fit(..., ckpt_path=path)``:
+
+        >>> import os, tempfile
+        >>> import torch, ember as L
+        >>> from torch.utils.data import DataLoader
+        >>> class Net(L.Module):  # learns w with x @ w == 1; starts at w == 0
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = torch.nn.Parameter(torch.zeros(2))
+        ...     def forward(self, x):
+        ...         return x @ self.w
+        ...     def training_step(self, x, batch_idx):
+        ...         return (self(x) - 1).pow(2).mean()
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> data = DataLoader(torch.ones(8, 2), batch_size=4)
+        >>> trainer.fit(Net(), data)  # doctest: +ELLIPSIS
+        [ember] ...
+        >>> path = trainer.save_checkpoint(os.path.join(tempfile.mkdtemp(), "epoch-1"))
+        >>> sorted(os.listdir(path))  # doctest: +NORMALIZE_WHITESPACE
+        ['manifest.json', 'model.safetensors', 'optimizer.json', 'precision.json', 'state-rank0.json',
+         'state-rank0.safetensors', 'trainer.json']
+        >>> trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(Net(), data, ckpt_path=path)  # doctest: +ELLIPSIS
+        [ember] ...
+        >>> trainer.global_step, trainer.current_epoch  # the second epoch only
+        (4, 2)
+        """
         from ember.trainer._checkpoint import save
 
         return save(self, Path(filepath))
