@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "Precision": "ember.precision",
     "Strategy": "ember.strategies.base",
     "DDPStrategy": "ember.strategies.ddp",
-    "SingleDeviceStrategy": "ember.strategies.base",
+    "SingleDeviceStrategy": "ember.strategies.single",
     "ProcessInfo": "ember._env",
     "Module": "ember.trainer.module",
     "LightningModule": "ember.trainer.module",
@@ -43,8 +43,9 @@ if TYPE_CHECKING:
     from ember.accelerator import Accelerator
     from ember.callbacks.base import Callback
     from ember.precision import Precision
-    from ember.strategies.base import SingleDeviceStrategy, Strategy
+    from ember.strategies.base import Strategy
     from ember.strategies.ddp import DDPStrategy
+    from ember.strategies.single import SingleDeviceStrategy
     from ember.trainer.module import LightningModule, Module
     from ember.trainer.trainer import Trainer
 

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+import enum
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ember._errors import EmberConfigError
+from ember._errors import EmberConfigError, unknown_value
+
+
+class DDPCommunicationHookType(str, enum.Enum):
+    """Gradient communication hooks for DDP (Accelerate's names): compress or low-rank-approximate the all-reduce.
+
+    >>> DDPCommunicationHookType.FP16 == "fp16"
+    True
+    """
+
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    POWER_SGD = "power_sgd"
+    BATCHED_POWER_SGD = "batched_power_sgd"
 
 
 @dataclass
@@ -23,6 +38,10 @@ class DistributedDataParallelKwargs:
     gradient_as_bucket_view: bool = True
     bucket_cap_mb: float | None = None
     broadcast_buffers: bool | None = None
+    #: a communication hook (``DDPCommunicationHookType``), optionally wrapped to compress to fp16/bf16
+    comm_hook: DDPCommunicationHookType | str = DDPCommunicationHookType.NO
+    comm_wrapper: DDPCommunicationHookType | str = DDPCommunicationHookType.NO
+    comm_state_option: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,6 +67,42 @@ class ResolvedHandlers:
     ddp: dict[str, Any] = field(default_factory=dict)
     timeout: datetime.timedelta | None = None
     scaler: dict[str, Any] | None = None
+    #: builds ``(state, hook)`` for ``DistributedDataParallel.register_comm_hook`` (called after the group exists)
+    comm_hook: Callable[[], tuple[Any, Any]] | None = None
+
+
+def comm_hook_factory(
+    hook: DDPCommunicationHookType | str, wrapper: DDPCommunicationHookType | str, options: dict[str, Any]
+) -> Callable[[], tuple[Any, Any]] | None:
+    """``(state, hook)`` for DDP from Accelerate-style names; None for ``"no"``."""
+    names = [m.value for m in DDPCommunicationHookType]
+    hook_name = DDPCommunicationHookType(hook).value if hook in names else str(hook)
+    wrap_name = DDPCommunicationHookType(wrapper).value if wrapper in names else str(wrapper)
+    if hook_name not in names:
+        raise unknown_value("DistributedDataParallelKwargs(comm_hook)", hook, names)
+    if wrap_name not in ("no", "fp16", "bf16"):
+        raise unknown_value("DistributedDataParallelKwargs(comm_wrapper)", wrapper, ["no", "fp16", "bf16"])
+    if hook_name == "no":
+        if wrap_name != "no":
+            raise EmberConfigError("DistributedDataParallelKwargs(comm_wrapper=...) wraps a comm_hook; set comm_hook too.")
+        return None
+
+    def build() -> tuple[Any, Any]:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+        state: Any = None
+        if hook_name in ("power_sgd", "batched_power_sgd"):
+            state = powerSGD_hook.PowerSGDState(process_group=None, **options)
+        fn = {
+            "fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook,
+            "power_sgd": powerSGD_hook.powerSGD_hook, "batched_power_sgd": powerSGD_hook.batched_powerSGD_hook,
+        }[hook_name]
+        if wrap_name != "no":
+            fn = {"fp16": default_hooks.fp16_compress_wrapper,  # type: ignore[assignment]
+                  "bf16": default_hooks.bf16_compress_wrapper}[wrap_name](fn)  # type: ignore[arg-type]
+        return state, fn
+
+    return build
 
 
 def resolve_handlers(handlers: Sequence[Any] | None) -> ResolvedHandlers:
@@ -55,6 +110,8 @@ def resolve_handlers(handlers: Sequence[Any] | None) -> ResolvedHandlers:
     for handler in handlers or ():
         if isinstance(handler, DistributedDataParallelKwargs):
             out.ddp = asdict(handler)
+            hook, wrapper, options = (out.ddp.pop(k) for k in ("comm_hook", "comm_wrapper", "comm_state_option"))
+            out.comm_hook = comm_hook_factory(hook, wrapper, options)
         elif isinstance(handler, InitProcessGroupKwargs):
             out.timeout = handler.timeout
         elif isinstance(handler, GradScalerKwargs):

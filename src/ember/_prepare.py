@@ -59,9 +59,20 @@ class DataPreparer:
             self._sampler_seed = seed
         return self._sampler_seed
 
+    def saved_seed(self) -> int | None:
+        """The sampler seed to save with a checkpoint (None until a loader needed one)."""
+        return self._sampler_seed
+
+    def restore_seed(self, seed: int, loaders: list[DeviceLoader]) -> None:
+        """Use the checkpoint's sampler seed for ``loaders`` and every loader prepared later."""
+        self._sampler_seed = seed
+        for loader in loaders:
+            if loader.sampler is not None:
+                loader.sampler.seed = seed
+
     def prepare(self, dataloader: DataLoader[Any], device_placement: bool, notes: list[str]) -> DeviceLoader:
         acc = self.acc
-        rank, world = acc.process.rank, acc.process.world_size
+        rank, world = acc.strategy.topology.dp_rank, acc.strategy.topology.dp_size
         kind = sampler_kind(dataloader)
         sampler: ResumableSampler | None = None
         overrides: dict[str, Any] = {}
@@ -76,7 +87,7 @@ class DataPreparer:
                 rank=rank,
                 shuffle=kind == "random",
                 seed=self.sampler_seed(),
-                even_batches=acc._data_even_batches,
+                even_batches=acc.even_batches,
                 drop_last=dataloader.drop_last,
             )
             overrides["sampler"] = sampler

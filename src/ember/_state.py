@@ -15,6 +15,7 @@ whole number of the new rounds; otherwise the error says what differs.
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
 import warnings
@@ -27,6 +28,8 @@ import torch
 from ember import checkpoint as ckpt
 from ember import faults
 from ember._errors import EmberConfigError
+from ember._log import info
+from ember.strategies.base import Reshardable
 
 if TYPE_CHECKING:
     from ember.accelerator import Accelerator
@@ -59,10 +62,6 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
         torch.cuda.set_rng_state(cuda[device.index or 0] if isinstance(cuda, list) else cuda, device)
 
 
-def _names(prefix: str, items: list[Any]) -> list[str]:
-    return [prefix if i == 0 else f"{prefix}_{i}" for i in range(len(items))]
-
-
 def _check_target(final: Path) -> None:
     if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not (final / "manifest.json").exists())):
         raise EmberConfigError(
@@ -72,7 +71,7 @@ def _check_target(final: Path) -> None:
         )
 
 
-def save_state(
+def _save_state(
     acc: Accelerator, output_dir: Path | None, *, keep_last: int | None = None, extra: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
 ) -> Path:
@@ -95,15 +94,13 @@ def save_state(
         except (OSError, ckpt.CheckpointError, EmberConfigError) as exc:
             error = exc
     _agree(acc, error, f"save_state(): creating {tmp}")
-    model_states = [acc.strategy.model_state_dict(m) for m in acc._models]  # collective for sharded strategies
-    optim_states = [acc.strategy.optimizer_state_dict(o.optimizer) for o in acc._optimizers]
-    try:
+    try:  # the strategy writes models and optimizers (full on rank 0, or a shard per rank); a collective
+        acc.strategy.save_checkpoint(tmp, acc.prepared.named_models(), acc.prepared.named_optimizers())
         if acc.is_main_process:
-            _write_replicated(acc, tmp, model_states, optim_states, trainer_state)
+            _write_replicated(acc, tmp, trainer_state)
         ckpt.save_state(tmp, f"state-rank{acc.process_index}", _rank_state(acc, extra))
     except Exception as exc:  # anything: the other ranks must hear about it
         error = exc
-    del model_states, optim_states
     _agree(acc, error, f"save_state(): writing {tmp}", cleanup=tmp)
     if acc.is_main_process:
         try:
@@ -116,18 +113,12 @@ def save_state(
     return final
 
 
-def _write_replicated(
-    acc: Accelerator, tmp: Path, model_states: list[dict[str, torch.Tensor]], optim_states: list[dict[str, Any]],
-    trainer_state: dict[str, Any] | None,
-) -> None:
-    for name, state in zip(_names("model", acc._models), model_states):
-        ckpt.write_tensors(tmp, f"{name}.safetensors", dict(state))
-    for name, state in zip(_names("optimizer", acc._optimizers), optim_states):
-        ckpt.save_state(tmp, name, state)
-    for name, sched in zip(_names("scheduler", acc._schedulers), acc._schedulers):
+def _write_replicated(acc: Accelerator, tmp: Path, trainer_state: dict[str, Any] | None) -> None:
+    prepared = acc.prepared
+    for name, sched in zip(prepared.names("scheduler", prepared.schedulers), prepared.schedulers):
         ckpt.save_state(tmp, name, sched.state_dict())
     ckpt.save_state(tmp, "precision", acc.precision.state_dict())
-    for i, obj in enumerate(acc._custom_objects):
+    for i, obj in enumerate(prepared.custom_objects):
         ckpt.save_state(tmp, f"custom_{i}", obj.state_dict())
     if trainer_state is not None:
         ckpt.save_state(tmp, "trainer", trainer_state)
@@ -138,9 +129,9 @@ def _write_replicated(
 def _rank_state(acc: Accelerator, extra: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "rng": rng_state(acc.device),
-        "loaders": [loader.state_dict() for loader in acc._dataloaders],
-        "loader_shapes": [_loader_shape(loader, acc.num_processes) for loader in acc._dataloaders],
-        "sampler_seed": acc._data._sampler_seed,
+        "loaders": [loader.state_dict() for loader in acc.prepared.dataloaders],
+        "loader_shapes": [_loader_shape(loader, acc.num_processes) for loader in acc.prepared.dataloaders],
+        "sampler_seed": acc.data_preparer.saved_seed(),
         "optimizer_steps": acc.gradient_state.optimizer_steps,
         "skipped_steps": acc.gradient_state.skipped_steps,
         "extra": extra or {},
@@ -156,14 +147,11 @@ def _loader_shape(loader: DeviceLoader, world: int) -> dict[str, Any]:
 def _meta(acc: Accelerator, extra: dict[str, Any] | None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "step": acc.step,
-        "epoch": acc._dataloaders[0].state.epoch if acc._dataloaders else None,
+        "epoch": acc.prepared.dataloaders[0].state.epoch if acc.prepared.dataloaders else None,
         "world_size": acc.num_processes,
         "strategy": acc.strategy.name,
         "precision": acc.precision.name,
-        "models": len(acc._models),
-        "optimizers": len(acc._optimizers),
-        "schedulers": len(acc._schedulers),
-        "custom_objects": len(acc._custom_objects),
+        **acc.prepared.counts(),
     }
     meta.update(
         {
@@ -196,7 +184,7 @@ def _agree(acc: Accelerator, error: BaseException | None, what: str, cleanup: Pa
     )
 
 
-def load_state(acc: Accelerator, input_dir: Path | None, *, check_hashes: bool = True) -> Path | None:
+def _load_state(acc: Accelerator, input_dir: Path | None, *, check_hashes: bool = True) -> Path | None:
     """Rank 0 picks (newest complete when ``input_dir`` is None) and verifies; every rank loads the same one."""
     chosen, problem = None, None
     if acc.is_main_process:
@@ -236,27 +224,30 @@ def load_state(acc: Accelerator, input_dir: Path | None, *, check_hashes: bool =
 
 
 def _check_counts(acc: Accelerator, path: Path, manifest: dict[str, Any]) -> None:
-    have: dict[str, list[Any]] = {"models": acc._models, "optimizers": acc._optimizers, "schedulers": acc._schedulers,
-            "custom_objects": acc._custom_objects}
-    for kind, objects in have.items():
-        saved = int(manifest.get(kind, len(objects)))
-        if saved != len(objects):
+    for kind, count in acc.prepared.counts().items():
+        saved = int(manifest.get(kind, count))
+        if saved != count:
             what = "registered with register_for_checkpointing()" if kind == "custom_objects" else "prepared"
             raise ckpt.CheckpointError(
-                f"{path} holds {saved} {kind} but {len(objects)} were {what}. Prepare (and register) the same "
+                f"{path} holds {saved} {kind} but {count} were {what}. Prepare (and register) the same "
                 "objects as the run that saved it before calling load_state()."
             )
+    saved_world = int(manifest.get("world_size", acc.num_processes))
+    if saved_world != acc.num_processes and not isinstance(acc.strategy, Reshardable):
+        raise ckpt.CheckpointError(
+            f"{path} was saved by {saved_world} processes with strategy={manifest.get('strategy')!r}; this job has "
+            f"{acc.num_processes}, and strategy={acc.strategy.name!r} cannot reshard its state. Resume with "
+            f"{saved_world} processes, or export the weights (accelerator.save_model) and start a new run from them."
+        )
 
 
 def _load_replicated(acc: Accelerator, path: Path) -> None:
-    for name, model in zip(_names("model", acc._models), acc._models):
-        acc.strategy.load_model_state_dict(model, ckpt.read_tensors(path, f"{name}.safetensors"))
-    for name, opt in zip(_names("optimizer", acc._optimizers), acc._optimizers):
-        acc.strategy.load_optimizer_state_dict(opt.optimizer, ckpt.load_state(path, name))
-    for name, sched in zip(_names("scheduler", acc._schedulers), acc._schedulers):
+    prepared = acc.prepared
+    acc.strategy.load_checkpoint(path, prepared.named_models(), prepared.named_optimizers())
+    for name, sched in zip(prepared.names("scheduler", prepared.schedulers), prepared.schedulers):
         sched.load_state_dict(ckpt.load_state(path, name))
     acc.precision.load_state_dict(ckpt.load_state(path, "precision"))
-    for i, obj in enumerate(acc._custom_objects):
+    for i, obj in enumerate(prepared.custom_objects):
         obj.load_state_dict(ckpt.load_state(path, f"custom_{i}"))
     if acc.is_main_process and (path / "trackers.json").is_file():
         acc.trackers.load_state_dict(ckpt.load_state(path, "trackers"))
@@ -266,16 +257,13 @@ def _restore_rank_state(acc: Accelerator, state: dict[str, Any], saved_world: in
     acc.gradient_state.optimizer_steps = int(state["optimizer_steps"])
     acc.gradient_state.skipped_steps = int(state.get("skipped_steps", 0))
     if state.get("sampler_seed") is not None:
-        acc._data._sampler_seed = int(state["sampler_seed"])
-        for loader in acc._dataloaders:
-            if loader.sampler is not None:
-                loader.sampler.seed = int(state["sampler_seed"])
-    for loader, saved in zip(acc._dataloaders, state["loaders"]):
+        acc.data_preparer.restore_seed(int(state["sampler_seed"]), acc.prepared.dataloaders)
+    for loader, saved in zip(acc.prepared.dataloaders, state["loaders"]):
         loader.load_state_dict(saved)
     set_rng_state(state["rng"], acc.device)
     if saved_world != acc.num_processes and acc.is_main_process:
-        print(
-            f"[ember] resumed a {saved_world}-process checkpoint on {acc.num_processes} processes: model, optimizer "
+        info(
+            f"resumed a {saved_world}-process checkpoint on {acc.num_processes} processes: model, optimizer "
             f"and scheduler reloaded, data position remapped, rank r took the RNG streams of rank r % {saved_world}."
         )
 
@@ -283,14 +271,15 @@ def _restore_rank_state(acc: Accelerator, state: dict[str, Any], saved_world: in
 def _remap_loaders(acc: Accelerator, state: dict[str, Any], saved_world: int) -> list[dict[str, Any]]:
     """The loader positions for this world size and batch size, or a CheckpointError saying what differs."""
     loaders = state["loaders"]
-    if len(loaders) != len(acc._dataloaders):
+    prepared = acc.prepared.dataloaders
+    if len(loaders) != len(prepared):
         raise ckpt.CheckpointError(
-            f"the checkpoint tracks {len(loaders)} dataloaders but {len(acc._dataloaders)} were prepared. Prepare "
+            f"the checkpoint tracks {len(loaders)} dataloaders but {len(prepared)} were prepared. Prepare "
             "the same dataloaders as the run that saved it."
         )
     shapes = state.get("loader_shapes") or [None] * len(loaders)
     out = []
-    for i, (loader, saved, shape) in enumerate(zip(acc._dataloaders, loaders, shapes)):
+    for i, (loader, saved, shape) in enumerate(zip(prepared, loaders, shapes)):
         saved = dict(saved)
         old_bs = int(shape["batch_size"]) if shape else (loader.batch_size or 1)
         new_bs = loader.batch_size or 1
@@ -321,14 +310,130 @@ def _remap_position(batches: int, old_round: int, new_round: int, index: int = 0
     return consumed // new_round
 
 
-def save_model(acc: Accelerator, model: torch.nn.Module, directory: Path) -> Path:
-    state = acc.strategy.model_state_dict(model)
+def _save_model(acc: Accelerator, model: torch.nn.Module, directory: Path, safe_serialization: bool = True) -> Path:
+    """Write the model's full state dict (gathered by the strategy) as ``model.safetensors`` on the main process."""
+    if not safe_serialization:
+        raise EmberConfigError(
+            "save_model(safe_serialization=False) would write a pickle; ember writes safetensors only. Remove the "
+            "argument (plain torch.load_state_dict reads the file with safetensors.torch.load_file)."
+        )
+    state = acc.strategy.model_state_dict(model)  # a collective for sharded strategies: every rank calls it
     path = directory / "model.safetensors"
     if acc.is_main_process:
         directory.mkdir(parents=True, exist_ok=True)
-        from safetensors.torch import save_model as st_save_model
+        from safetensors.torch import save_file
 
-        st_save_model(acc.unwrap_model(model), str(path))
-        del state
+        save_file(_plain_tensors(state), str(path), metadata={"format": "pt"})
+    del state
     acc.wait_for_everyone()
     return path
+
+
+def _plain_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, one storage each: a tensor shared by several names (tied weights) is written under
+    every name, so plain ``load_state_dict`` (strict) and ``from_pretrained`` both load the file."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, Any]] = set()
+    for name, tensor in state.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        out[name] = tensor.clone() if key in seen else tensor
+        seen.add(key)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# Accelerator verbs (assigned as methods in ember.accelerator)
+# ------------------------------------------------------------------------------------------------------
+def get_state_dict(self: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's full state dict, without wrapper prefixes (gathered when the strategy shards it: call it
+    on every process).
+
+    >>> from ember import Accelerator
+    >>> accelerator = Accelerator(cpu=True, verbose=False)
+    >>> model = accelerator.prepare(torch.nn.Linear(2, 1))
+    >>> list(accelerator.get_state_dict(model))
+    ['weight', 'bias']
+    """
+    return self.strategy.model_state_dict(model)
+
+
+def save_model(
+    self: Accelerator, model: torch.nn.Module, save_directory: str | os.PathLike[str], safe_serialization: bool = True
+) -> Path:
+    """Write the model's full weights as ``model.safetensors`` into ``save_directory`` (gathered from every
+    process by the strategy; call it on every process). Plain ``load_state_dict`` reads it back.
+
+    >>> from ember import Accelerator
+    >>> import os, tempfile
+    >>> accelerator = Accelerator(cpu=True, verbose=False)
+    >>> model = accelerator.prepare(torch.nn.Linear(2, 1))
+    >>> path = accelerator.save_model(model, os.path.join(tempfile.mkdtemp(), "export"))
+    >>> path.name, sorted(os.listdir(path.parent))
+    ('model.safetensors', ['model.safetensors'])
+    """
+    return _save_model(self, model, Path(save_directory), safe_serialization)
+
+
+def register_for_checkpointing(self: Accelerator, *objects: Any) -> None:
+    """Save and restore these objects (anything with ``state_dict``/``load_state_dict``) with the state.
+
+    >>> from ember import Accelerator
+    >>> import tempfile
+    >>> class Counter:
+    ...     n = 0
+    ...     def state_dict(self): return {"n": self.n}
+    ...     def load_state_dict(self, state): self.n = state["n"]
+    >>> accelerator = Accelerator(cpu=True, project_dir=tempfile.mkdtemp())
+    >>> counter = Counter(); accelerator.register_for_checkpointing(counter)
+    >>> counter.n = 5; path = accelerator.save_state(); counter.n = 0
+    >>> accelerator.load_state(path) == path, counter.n
+    (True, 5)
+    """
+    bad = [type(o).__name__ for o in objects if not (hasattr(o, "state_dict") and hasattr(o, "load_state_dict"))]
+    if bad:
+        raise EmberConfigError(
+            f"register_for_checkpointing got objects without state_dict/load_state_dict: {bad}. "
+            "Add those two methods (returning/accepting plain data and tensors)."
+        )
+    self.prepared.custom_objects.extend(objects)
+
+
+def save_state(self: Accelerator, output_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> Path:
+    """Save model(s), optimizer(s), scheduler(s), scaler, RNG, data position and registered objects.
+
+    With no ``output_dir`` it writes ``<project_dir>/checkpoints/step-XXXXXXXX``, updates ``latest`` and, with
+    ``keep_last=N``, then deletes all but the newest N. The directory appears atomically; a failure on any
+    rank raises on every rank and commits nothing. Call it on every rank, after ``optimizer.step()``.
+
+    >>> from ember import Accelerator
+    >>> import os, tempfile
+    >>> accelerator = Accelerator(cpu=True, verbose=False, project_dir=tempfile.mkdtemp())
+    >>> model = torch.nn.Linear(2, 1)
+    >>> model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    >>> path = accelerator.save_state(keep_last=2)
+    >>> path.name, sorted(os.listdir(path))  # doctest: +NORMALIZE_WHITESPACE
+    ('step-00000000', ['manifest.json', 'model.safetensors', 'optimizer.json', 'precision.json',
+                       'state-rank0.json', 'state-rank0.safetensors'])
+    """
+    return _save_state(self, None if output_dir is None else Path(output_dir), **kwargs)
+
+
+def load_state(self: Accelerator, input_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> Path | None:
+    """Restore what :meth:`save_state` wrote. With no path: the newest complete checkpoint under
+    ``<project_dir>/checkpoints`` (returns None if there is none yet). Every file is checked against the
+    manifest's sha256 (``check_hashes=False``: sizes only); nothing is ever unpickled.
+
+    >>> from ember import Accelerator
+    >>> import tempfile
+    >>> accelerator = Accelerator(cpu=True, verbose=False, project_dir=tempfile.mkdtemp())
+    >>> model = accelerator.prepare(torch.nn.Linear(2, 1))
+    >>> print(accelerator.load_state())  # nothing saved yet: start from scratch
+    None
+    >>> path = accelerator.save_state()
+    >>> with torch.no_grad():
+    ...     _ = model.weight.zero_()
+    >>> accelerator.load_state() == path, bool(model.weight.abs().sum() > 0)
+    (True, True)
+    """
+    return _load_state(self, None if input_dir is None else Path(input_dir), **kwargs)

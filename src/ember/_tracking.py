@@ -124,3 +124,52 @@ def _installed(tracker: str) -> bool:
 
     package = _PACKAGES.get(tracker)
     return package is None or importlib.util.find_spec(package) is not None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Accelerator verbs (assigned as methods in ember.accelerator)
+# ------------------------------------------------------------------------------------------------------
+def init_trackers(
+    self: Accelerator, project_name: str, config: dict[str, Any] | None = None, init_kwargs: dict[str, Any] | None = None
+) -> None:
+    """Start the trackers named in ``log_with`` (main process only) and log ``config``.
+
+    >>> from ember import Accelerator
+    >>> import os, tempfile
+    >>> accelerator = Accelerator(cpu=True, log_with="csv", project_dir=tempfile.mkdtemp())
+    >>> accelerator.init_trackers("demo", config={"lr": 0.1})
+    >>> accelerator.log({"loss": 0.5}, step=1); accelerator.end_training()
+    >>> sorted(os.listdir(os.path.join(accelerator.project_dir, "logs", "demo", "version_0")))
+    ['hparams.yaml', 'metrics.csv']
+    """
+    self.trackers.init(project_name, config, init_kwargs or {})
+
+
+def get_tracker(self: Accelerator, name: str, unwrap: bool = False) -> Any:
+    """The tracker (an ember logger) called ``name``; ``unwrap=True`` gives its underlying run/writer.
+
+    >>> from ember import Accelerator
+    >>> import tempfile
+    >>> accelerator = Accelerator(cpu=True, log_with="csv", project_dir=tempfile.mkdtemp())
+    >>> accelerator.init_trackers("demo")
+    >>> type(accelerator.get_tracker("csv")).__name__
+    'CSVLogger'
+    >>> accelerator.end_training()
+    """
+    return self.trackers.get(name, unwrap)
+
+
+def log(self: Accelerator, values: dict[str, Any], step: int | None = None, log_kwargs: dict[str, Any] | None = None) -> None:
+    """Log scalars (tensors are read here, once) to every tracker, on the main process.
+
+    >>> from ember import Accelerator
+    >>> import os, tempfile
+    >>> accelerator = Accelerator(cpu=True, log_with="csv", project_dir=tempfile.mkdtemp())
+    >>> accelerator.init_trackers("demo")
+    >>> accelerator.log({"loss": torch.tensor(0.5)}, step=3); accelerator.end_training()
+    >>> print(open(os.path.join(accelerator.project_dir, "logs/demo/version_0/metrics.csv")).read())
+    step,loss
+    3,0.5
+    <BLANKLINE>
+    """
+    self.trackers.log(values, step)

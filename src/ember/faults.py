@@ -37,13 +37,14 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import torch
 
 from ember._errors import EmberConfigError, unknown_value
 
 if TYPE_CHECKING:
+    from ember.accelerator import Accelerator
     from ember.strategies.base import Strategy
 
 PREEMPTED_EXIT_CODE: Final = 75
@@ -285,7 +286,7 @@ def _describe(loss_ranks: list[int], grad_ranks: list[int]) -> str:
 
 
 def skip_message(step: int, skipped: int) -> str:
-    return f"[ember] nonfinite='skip': step {step} had inf/NaN loss or gradients; update skipped ({skipped} so far)"
+    return f"nonfinite='skip': step {step} had inf/NaN loss or gradients; update skipped ({skipped} so far)"
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -375,3 +376,43 @@ def named_collective(strategy: Strategy, where: str, step: Callable[[], int]) ->
     except RuntimeError as exc:
         raise_if_comm_failure(strategy, where, step(), exc)
         raise
+
+
+# ------------------------------------------------------------------------------------------------------
+# Accelerator verbs (assigned as methods in ember.accelerator)
+# ------------------------------------------------------------------------------------------------------
+def preempted(self: Accelerator, every_n_steps: int = 1) -> bool:
+    """True on every rank once any rank got a preemption signal (``handle_signals=True``); call it after
+    ``optimizer.step()``. One all-reduce of one int, at most once per optimizer step (every ``every_n_steps``),
+    none inside an accumulation window or without ``handle_signals``.
+
+    >>> from ember import Accelerator
+    >>> accelerator = Accelerator(cpu=True, handle_signals=True)
+    >>> if accelerator.preempted():       # in the loop
+    ...     accelerator.save_state()
+    ...     accelerator.exit_preempted()  # exit status ember.faults.PREEMPTED_EXIT_CODE (75)
+    >>> accelerator.end_training()
+    """
+    if self._preemption is None or not self.gradient_state.sync_gradients:
+        return False
+    return self._preemption.agreed(self.strategy, self.gradient_state.attempted_steps, self.device,
+                                   max(1, every_n_steps))
+
+
+def exit_preempted(self: Accelerator) -> NoReturn:
+    """After :meth:`save_state` once :meth:`preempted` is True: finish trackers, close the process group, exit
+    with ``ember.faults.PREEMPTED_EXIT_CODE``.
+
+    >>> from ember import Accelerator
+    >>> accelerator = Accelerator(cpu=True, handle_signals=True)
+    >>> if accelerator.preempted():  # False: no signal arrived, so this does not exit
+    ...     accelerator.exit_preempted()
+    >>> accelerator.end_training()
+    """
+    self.trackers.finish()
+    if self._preemption is not None:  # the launcher may signal again while we exit: the state is saved
+        self._preemption.ignore()
+    if self._watchdog is not None:
+        self._watchdog.stop()
+    self.strategy.teardown()
+    raise SystemExit(PREEMPTED_EXIT_CODE)

@@ -65,8 +65,9 @@ class Precision:
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring gradients back to their true scale before clipping or stepping (idempotent per step)."""
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> bool:
-        """Step ``optimizer``; return True if the step was skipped (e.g. inf/NaN gradients under fp16)."""
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+        """Step ``optimizer``; return whether the step was skipped (e.g. inf/NaN gradients under fp16): a bool, or
+        a lazily read flag such as :class:`LazyFlag` that keeps the decision on the device."""
         optimizer.step(**kwargs)
         return False
 
@@ -80,16 +81,56 @@ class Precision:
         return f"{type(self).__name__}({self.name!r})"
 
 
-class MixedPrecision(Precision):
-    """Autocast to float16 or bfloat16; float16 adds a dynamic GradScaler that skips overflowing steps."""
+class LazyFlag:
+    """A device-side boolean read only when asked (``bool(flag)``): on CUDA it is copied to pinned host memory
+    behind an event, so reading it waits for the work that computed it, not for everything queued since.
 
-    def __init__(self, dtype: torch.dtype, device_type: str, scaler_kwargs: dict[str, Any] | None = None):
+    >>> bool(LazyFlag(torch.tensor(True))), bool(LazyFlag(torch.tensor(False)))
+    (True, False)
+    """
+
+    __slots__ = ("_event", "_value")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self._event: Any = None
+        if tensor.is_cuda:
+            host = torch.empty((), dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)
+            self._event = torch.cuda.Event()  # type: ignore[no-untyped-call,unused-ignore]
+            self._event.record()
+            tensor = host
+        self._value = tensor
+
+    def __bool__(self) -> bool:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return f"LazyFlag({bool(self)})"
+
+
+class MixedPrecision(Precision):
+    """Autocast to float16 or bfloat16; float16 adds a dynamic GradScaler that skips overflowing steps.
+
+    The skip decision stays on the device (a :class:`LazyFlag` built from the scaler's own ``found_inf``): ember
+    adds no host synchronisation to the step. A sharded strategy passes ``scaler_cls`` (e.g. torch's
+    ``ShardedGradScaler``) so every rank agrees on an overflow found in any rank's shard.
+    """
+
+    def __init__(
+        self, dtype: torch.dtype, device_type: str, scaler_kwargs: dict[str, Any] | None = None,
+        scaler_cls: Any = None,
+    ):
         self.dtype = dtype
         self.uses_autocast = True
         self.name = "16-mixed" if dtype == torch.float16 else "bf16-mixed"
+        self.scaler_kwargs = dict(scaler_kwargs or {})
         self.scaler: torch.amp.GradScaler | None = None
         if dtype == torch.float16:
-            self.scaler = torch.amp.GradScaler(device_type, **(scaler_kwargs or {}))
+            cls = scaler_cls or torch.amp.GradScaler
+            self.scaler = cls(device_type, **self.scaler_kwargs)
         self._unscaled: set[int] = set()
 
     def autocast(self, device_type: str) -> contextlib.AbstractContextManager[Any]:
@@ -103,15 +144,18 @@ class MixedPrecision(Precision):
             self.scaler.unscale_(optimizer)
             self._unscaled.add(id(optimizer))
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> bool:
-        if self.scaler is None:
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+        if self.scaler is None or not self.scaler.is_enabled():
             optimizer.step(**kwargs)
             return False
-        scale_before = self.scaler.get_scale()  # a host read, only on real optimizer steps under fp16
+        self.unscale_(optimizer)  # records found_inf for this optimizer (a device tensor per device)
+        found = self.scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
+        flags = [f.reshape(()).to(self.scaler._scale.device) for f in found.values()]  # type: ignore[union-attr]
+        skipped = LazyFlag(torch.stack(flags).sum() > 0) if flags else False
         self.scaler.step(optimizer, **kwargs)
         self.scaler.update()
         self._unscaled.discard(id(optimizer))
-        return bool(self.scaler.get_scale() < scale_before)
+        return skipped
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}

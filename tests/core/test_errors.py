@@ -147,11 +147,11 @@ def test_scheduler_without_its_optimizer_fails_before_the_model_is_touched(preci
         "prepare() got the scheduler StepLR but not its optimizer (SGD). Pass the optimizer to the same "
         "prepare() call (or an earlier one) so the scheduler steps only when that optimizer really steps."
     )
-    assert acc._models == [] and acc._schedulers == []
+    assert acc.prepared.models == [] and acc.prepared.schedulers == []
     assert model.weight.dtype == torch.float32  # not converted to bf16 ("bf16-true")
     assert "forward" not in vars(model)  # not wrapped in autocast ("bf16")
     model, opt, sched = acc.prepare(model, opt, sched)  # together it works
-    assert acc._models == [model] and len(acc._schedulers) == 1
+    assert acc.prepared.models == [model] and len(acc.prepared.schedulers) == 1
 
 
 def test_unknown_kwargs_handler_and_reduction() -> None:

@@ -34,7 +34,7 @@ def _accelerator(**kwargs: Any) -> Accelerator:
 def test_every_precision_string_trains_on_cpu(precision: str, common: Any) -> None:
     name, param_dtype, out_dtype = PRECISIONS[precision]
     acc = _accelerator(mixed_precision=precision)
-    assert acc.mixed_precision == name
+    assert acc.precision.name == name
     model = common.make_model()
     initial = {k: v.detach().clone().double() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -200,7 +200,7 @@ def test_gradient_accumulation_scheduler_without_zero_key_and_bad_input(tmp_path
     trainer = quiet_trainer(tmp_path, accumulate_grad_batches=2, callbacks=[GradientAccumulationScheduler({0: 2})])
     with pytest.raises(EmberConfigError, match="remove accumulate_grad_batches from the Trainer"):
         trainer.fit(Regressor(), loader())
-    assert trainer.accelerator._models == []  # failed before the model was prepared
+    assert trainer.accelerator.prepared.models == []  # failed before the model was prepared
 
     class Manual(Regressor):
         def __init__(self) -> None:
@@ -431,7 +431,7 @@ def test_lr_finder_early_stop_attribute_and_checkpoint_state(tmp_path: Path) -> 
     trainer = quiet_trainer(tmp_path, callbacks=[LearningRateFinder()])
     with pytest.raises(EmberConfigError, match="found no 'lr' or 'learning_rate' on NoLR"):
         trainer.fit(NoLR(), loader())
-    assert trainer.accelerator._models == []  # before any model or data work
+    assert trainer.accelerator.prepared.models == []  # before any model or data work
     with pytest.raises(EmberConfigError, match='Did you mean "linear"'):
         LearningRateFinder(mode="lineal")
     with pytest.raises(EmberConfigError, match="0 < min_lr < max_lr"):

@@ -54,7 +54,7 @@ def test_missing_training_step_or_optimizers_fail_before_any_work(tmp_path: Path
     trainer = quiet_trainer(tmp_path)
     with pytest.raises(EmberConfigError, match="NoStep has no training_step"):
         trainer.fit(NoStep(), loader())
-    assert trainer.accelerator._models == []  # nothing was prepared
+    assert trainer.accelerator.prepared.models == []  # nothing was prepared
 
     class NoOptim(L.Module):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -1,7 +1,24 @@
-"""Strategies: how a model is placed and synchronised. See :class:`ember.strategies.base.Strategy`."""
+"""Strategies: how a model is placed, stepped, synchronised and saved. See :class:`ember.strategies.Strategy`.
 
-from ember.strategies.base import SingleDeviceStrategy, Strategy
+Names are registered in :mod:`ember.strategies.registry`; :func:`register_strategy` adds one.
+"""
+
+from ember.strategies.base import BackwardSyncControl, ForwardRedirection, Reshardable, Strategy
 from ember.strategies.ddp import DDPOptions, DDPStrategy
-from ember.strategies.registry import STRATEGIES, resolve_strategy
+from ember.strategies.registry import register_strategy, resolve_strategy, strategy_names
+from ember.strategies.single import SingleDeviceStrategy
+from ember.strategies.topology import Topology
 
-__all__ = ["STRATEGIES", "DDPOptions", "DDPStrategy", "SingleDeviceStrategy", "Strategy", "resolve_strategy"]
+__all__ = [
+    "BackwardSyncControl",
+    "DDPOptions",
+    "DDPStrategy",
+    "ForwardRedirection",
+    "Reshardable",
+    "SingleDeviceStrategy",
+    "Strategy",
+    "Topology",
+    "register_strategy",
+    "resolve_strategy",
+    "strategy_names",
+]

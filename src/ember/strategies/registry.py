@@ -1,35 +1,58 @@
-"""Strategy names → classes. A new strategy is one line here."""
+"""Strategy names → factories: the one list that the Accelerator, the Trainer, ``ember config`` and ``ember launch``
+read. A new strategy is a new file plus one :func:`register_strategy` line (here, or in the user's own code).
+
+>>> "ddp" in strategy_names()
+True
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from ember._errors import unknown_value
-from ember.strategies.base import SingleDeviceStrategy, Strategy
-from ember.strategies.ddp import DDPStrategy
+from ember.strategies.base import Strategy
 
-STRATEGIES: dict[str, Callable[[], Strategy]] = {
-    "single": SingleDeviceStrategy,
-    "single_device": SingleDeviceStrategy,
-    "ddp": DDPStrategy,
-    "ddp_find_unused_parameters_true": lambda: DDPStrategy(find_unused_parameters=True),
-}
+StrategyFactory = Callable[[], Strategy]
 
-#: accepted now, built in a later release through the same interface
-PLANNED = ("fsdp", "deepspeed", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3")
+_REGISTRY: dict[str, StrategyFactory] = {}
+
+
+def register_strategy(name: str, factory: StrategyFactory) -> None:
+    """Make ``strategy=name`` build ``factory()`` in both layers and in ``ember launch`` / ``ember config``.
+
+    >>> from ember.strategies import DDPStrategy
+    >>> register_strategy("ddp_static", lambda: DDPStrategy(static_graph=True))
+    >>> resolve_strategy("ddp_static", world_size=2).options.static_graph
+    True
+    """
+    _REGISTRY[name.lower()] = factory
+
+
+def strategy_names() -> list[str]:
+    """Every accepted ``strategy=`` string, ``"auto"`` first."""
+    return ["auto", *_REGISTRY]
 
 
 def resolve_strategy(value: str | Strategy | None, world_size: int) -> Strategy:
-    """Pick the strategy object for ``value`` ("auto" → DDP when world size > 1, else single device)."""
+    """The strategy object for ``value`` ("auto": DDP when world size > 1, else one device)."""
     if isinstance(value, Strategy):
         return value
     name = "auto" if value is None else str(value).lower()
     if name == "auto":
-        return DDPStrategy() if world_size > 1 else SingleDeviceStrategy()
-    if name in PLANNED:
-        raise NotImplementedError(
-            f"strategy={value!r} is not available in this version of ember yet; use 'ddp' or 'auto'."
-        )
-    if name not in STRATEGIES:
-        raise unknown_value("strategy", value, ["auto", *STRATEGIES, *PLANNED])
-    return STRATEGIES[name]()
+        name = "ddp" if world_size > 1 else "single"
+    if name not in _REGISTRY:
+        raise unknown_value("strategy", value, strategy_names())
+    return _REGISTRY[name]()
+
+
+def _builtin() -> None:
+    from ember.strategies.ddp import DDPStrategy
+    from ember.strategies.single import SingleDeviceStrategy
+
+    register_strategy("single", SingleDeviceStrategy)
+    register_strategy("single_device", SingleDeviceStrategy)
+    register_strategy("ddp", DDPStrategy)
+    register_strategy("ddp_find_unused_parameters_true", lambda: DDPStrategy(find_unused_parameters=True))
+
+
+_builtin()

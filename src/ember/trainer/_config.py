@@ -28,8 +28,6 @@ LIGHTNING_ONLY = {
     "enable_autolog_hparams": "hyperparameters from save_hyperparameters(logger=...) are logged",
     "model_registry": "save with trainer.save_checkpoint and upload it yourself",
 }
-STRATEGY_NAMES = ("auto", "single", "single_device", "ddp", "ddp_find_unused_parameters_true", "fsdp", "deepspeed",
-                  "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3")
 ACCELERATOR_NAMES = ("auto", "cpu", "gpu", "cuda")
 CLIP_ALGORITHMS = ("norm", "value")
 
@@ -62,7 +60,9 @@ def check_precision(value: Any) -> Any:
 def check_strategy(value: Any) -> Any:
     if value is None or not isinstance(value, str):
         return value  # a Strategy object (or None = auto)
-    return check_choice("strategy", value, STRATEGY_NAMES)
+    from ember.strategies import strategy_names
+
+    return check_choice("strategy", value, strategy_names())
 
 
 def check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> int | None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ember._errors import EmberConfigError
+from ember.strategies.base import ForwardRedirection
 from ember.trainer.logging import to_floats
 
 if TYPE_CHECKING:
@@ -268,14 +269,16 @@ def run_step(t: Trainer, name: str, *args: Any) -> Any:
     """Call ``module.<name>`` under autocast; with gradients, through the strategy's wrapper (DDP)."""
     module, wrapped, acc = t._module, t._wrapped, t.accelerator
     with t._hooks.fx(name):
+        redirected = isinstance(acc.strategy, ForwardRedirection)
         if not acc.precision.uses_autocast:
-            return _call_step(module, wrapped, name, args)
+            return _call_step(module, wrapped, name, args, redirected)
         with acc.autocast():
-            return _call_step(module, wrapped, name, args)
+            return _call_step(module, wrapped, name, args, redirected)
 
 
-def _call_step(module: Any, wrapped: Any, name: str, args: tuple[Any, ...]) -> Any:
-    if wrapped is None or module is None or wrapped is module or not torch.is_grad_enabled():
+def _call_step(module: Any, wrapped: Any, name: str, args: tuple[Any, ...], redirected: bool) -> Any:
+    """Steps with gradients run as the wrapper's forward when the strategy needs it (DDP, FSDP, DeepSpeed)."""
+    if not redirected or wrapped is None or module is None or not torch.is_grad_enabled():
         return getattr(module, name)(*args)
     return redirect(wrapped, module, name, args)
 

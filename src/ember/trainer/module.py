@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 __all__ = ["AttributeDict", "LightningModule", "Module"]
 
 
+#: positional arguments of ``Tensor.backward`` after the tensor, in order
+_BACKWARD_ARGS = ("gradient", "retain_graph", "create_graph", "inputs")
+
 class AttributeDict(dict[str, Any]):
     """A dict whose keys are also attributes: ``hparams.lr`` is ``hparams["lr"]``.
 
@@ -489,8 +492,14 @@ class Module(torch.nn.Module):
             scheduler.step(metric)
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """How the loss is back-propagated (default: through the Accelerator)."""
-        self.trainer.accelerator.backward(loss, *args, **kwargs)
+        """How the loss is back-propagated (default: through the Accelerator). Positional ``args`` are
+        ``Tensor.backward``'s (``gradient, retain_graph, create_graph, inputs``), as in Lightning; ``num_items=``
+        weights by item counts (see :meth:`ember.Accelerator.backward`)."""
+        if len(args) > len(_BACKWARD_ARGS):
+            raise TypeError(f"backward() takes at most {len(_BACKWARD_ARGS)} positional arguments after the loss "
+                            f"({', '.join(_BACKWARD_ARGS)}); got {len(args)}.")
+        kwargs.update(zip(_BACKWARD_ARGS, args))
+        self.trainer.accelerator.backward(loss, **kwargs)
 
     # --------------------------------------------------------------------------------------------
     # hooks (no-ops); order: see ember.trainer.trainer

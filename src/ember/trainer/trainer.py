@@ -167,18 +167,17 @@ class Trainer:
         check_devices(self._devices, kind)
         self._needs_launch = must_launch(self._devices, self.num_nodes, kind)
         self._world_planned = (self._devices or auto_devices(kind)) * self.num_nodes
-        if self._strategy_flag in ("single", "single_device") and self._world_planned > 1:
+        from ember.strategies import resolve_strategy
+
+        planned = resolve_strategy(self._strategy_flag, self._world_planned)  # checked here, before any launch
+        if not planned.multiprocess and self._world_planned > 1:
             raise EmberConfigError(
-                f"strategy={self._strategy_flag!r} trains on one device, but devices={devices!r} asks for "
+                f"strategy={planned.name!r} trains on one device, but devices={devices!r} asks for "
                 f"{self._world_planned} processes. Use strategy='ddp' (or 'auto'), or devices=1."
             )
         self._accelerator_kind = kind
         self._accelerator: Accelerator | None = None
-        if self._needs_launch:  # the workers build the Accelerator; check its strategy string here already
-            from ember.strategies import resolve_strategy
-
-            resolve_strategy(self._strategy_flag, self._world_planned)
-        else:
+        if not self._needs_launch:
             self._accelerator = Accelerator(
                 mixed_precision=self._precision_flag, strategy=self._strategy_flag, accelerator=kind,
                 gradient_accumulation_steps=self._accumulate, seed=seed, project_dir=self.default_root_dir,

@@ -136,8 +136,8 @@ def main() -> None:
         "rank": acc.process_index,
         "world": acc.num_processes,
         "node_rank": int(os.environ.get("GROUP_RANK", "0")),
-        "precision": acc.mixed_precision,
-        "strategy": acc.distributed_type,
+        "precision": acc.precision.name,
+        "strategy": acc.strategy.name,
         "torch_world": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
     }
     tensors: dict[str, Any] = {}

@@ -1,0 +1,41 @@
+"""String enums whose members compare equal to Accelerate's (``accelerate.utils.DistributedType`` and
+``PrecisionType``), so ported code that branches on them takes the same branch.
+
+>>> DistributedType.MULTI_GPU == "MULTI_GPU", PrecisionType.BF16 == "bf16"
+(True, True)
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class DistributedType(str, enum.Enum):
+    """How the job is distributed, in Accelerate's words (``accelerator.distributed_type``)."""
+
+    NO = "NO"
+    MULTI_CPU = "MULTI_CPU"
+    MULTI_GPU = "MULTI_GPU"
+    FSDP = "FSDP"
+    DEEPSPEED = "DEEPSPEED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class PrecisionType(str, enum.Enum):
+    """Accelerate's mixed-precision names (``accelerator.mixed_precision`` returns one of these strings)."""
+
+    NO = "no"
+    FP8 = "fp8"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: ember's precision names → Accelerate's ("what dtype does the compute use")
+ACCELERATE_PRECISION = {
+    "32-true": "no", "64-true": "no", "16-mixed": "fp16", "bf16-mixed": "bf16", "16-true": "fp16", "bf16-true": "bf16",
+}

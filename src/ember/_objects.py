@@ -1,0 +1,180 @@
+"""The half of ``prepare`` that handles models, optimizers and schedulers, and the registry of what was prepared.
+
+``prepare`` hands each model to the strategy *together with* the optimizers that own its parameters
+(:meth:`ember.strategies.Strategy.setup`): DeepSpeed needs both at once, FSDP rebinds the optimizer to the sharded
+parameters. :class:`Prepared` is the one list of prepared objects that saving and loading read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ember._errors import EmberConfigError
+from ember._stepping import AcceleratedOptimizer, AcceleratedScheduler
+
+if TYPE_CHECKING:
+    from ember._stepping import GradientState, Stepper
+    from ember.data import DeviceLoader
+    from ember.precision import Precision
+    from ember.strategies.base import Strategy
+
+
+def is_scheduler(obj: Any) -> bool:
+    return isinstance(obj, torch.optim.lr_scheduler.LRScheduler) or (
+        hasattr(obj, "step") and isinstance(getattr(obj, "optimizer", None), torch.optim.Optimizer)
+        and not isinstance(obj, torch.optim.Optimizer)
+    )
+
+
+@dataclass
+class Prepared:
+    """Everything prepared so far, in preparation order (checkpoints name them ``model``, ``model_1``, ...)."""
+
+    models: list[torch.nn.Module] = field(default_factory=list)
+    optimizers: list[AcceleratedOptimizer] = field(default_factory=list)
+    schedulers: list[AcceleratedScheduler] = field(default_factory=list)
+    dataloaders: list[DeviceLoader] = field(default_factory=list)
+    custom_objects: list[Any] = field(default_factory=list)
+    #: the prepared model whose parameters each optimizer updates (None: not known)
+    owners: dict[int, torch.nn.Module | None] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        for items in (self.models, self.optimizers, self.schedulers, self.dataloaders):
+            items.clear()
+        self.owners.clear()
+
+    def owner(self, optimizer: AcceleratedOptimizer) -> torch.nn.Module | None:
+        return self.owners.get(id(optimizer))
+
+    @staticmethod
+    def names(prefix: str, items: Sequence[Any]) -> list[str]:
+        return [prefix if i == 0 else f"{prefix}_{i}" for i in range(len(items))]
+
+    def named_models(self) -> list[tuple[str, torch.nn.Module]]:
+        return list(zip(self.names("model", self.models), self.models))
+
+    def named_optimizers(self) -> list[tuple[str, torch.nn.Module | None, torch.optim.Optimizer]]:
+        names = self.names("optimizer", self.optimizers)
+        return [(n, self.owner(o), o.optimizer) for n, o in zip(names, self.optimizers)]
+
+    def counts(self) -> dict[str, int]:
+        return {"models": len(self.models), "optimizers": len(self.optimizers), "schedulers": len(self.schedulers),
+                "custom_objects": len(self.custom_objects)}
+
+
+def check_prepare_args(args: Sequence[Any], prepared: Sequence[AcceleratedOptimizer]) -> None:
+    """Fail before any wrapping if a scheduler comes without its optimizer."""
+    optimizers = {id(o) for o in args if isinstance(o, torch.optim.Optimizer)}
+    optimizers |= {id(o.optimizer) for o in prepared} | {id(o) for o in prepared}
+    for obj in args:
+        if is_scheduler(obj) and id(obj.optimizer) not in optimizers:
+            raise EmberConfigError(
+                f"prepare() got the scheduler {type(obj).__name__} but not its optimizer "
+                f"({type(obj.optimizer).__name__}). Pass the optimizer to the same prepare() call (or an "
+                "earlier one) so the scheduler steps only when that optimizer really steps."
+            )
+
+
+class ObjectPreparer:
+    """Prepares models (with their optimizers), lone optimizers and schedulers into a :class:`Prepared`."""
+
+    def __init__(
+        self, strategy: Strategy, precision: Precision, stepper: Stepper, state: GradientState,
+        prepared: Prepared, notes: list[str], autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    ) -> None:
+        self.strategy, self.precision, self.stepper, self.state = strategy, precision, stepper, state
+        self.prepared, self.notes, self.autocast = prepared, notes, autocast
+        self.step_scheduler_with_optimizer = True
+
+    def models_with_optimizers(
+        self, models: list[tuple[torch.nn.Module, bool]], optimizers: list[torch.optim.Optimizer]
+    ) -> tuple[list[torch.nn.Module], dict[int, AcceleratedOptimizer]]:
+        """Set up each model jointly with the optimizers that update its parameters; returns the wrapped models and
+        ``id(user optimizer) → prepared optimizer`` for every optimizer (lone ones set up on their own)."""
+        out_models: list[torch.nn.Module] = []
+        done: dict[int, AcceleratedOptimizer] = {}
+        for model, placement in models:
+            params = {id(p) for p in model.parameters()}
+            mine = [o for o in optimizers if id(o) not in done and _param_ids(o) & params]
+            wrapped, stepped = self.setup_model(model, placement, mine)
+            out_models.append(wrapped)
+            for original, opt in zip(mine, stepped):
+                done[id(original)] = self.register_optimizer(opt, wrapped)
+        for opt in optimizers:
+            if id(opt) not in done:
+                done[id(opt)] = self.register_optimizer(self.strategy.setup_optimizer(opt), self._owner_of(opt))
+        return out_models, done
+
+    def setup_model(
+        self, model: torch.nn.Module, placement: bool, optimizers: list[torch.optim.Optimizer]
+    ) -> tuple[torch.nn.Module, list[torch.optim.Optimizer]]:
+        model = self.precision.convert_module(model)
+        if self.precision.uses_autocast:
+            autocast_forward(model, self.autocast)
+            self.notes.append(f"model.forward runs under {self.precision.name} autocast")
+        if placement:
+            model = self.strategy.module_to_device(model)
+        else:
+            self.notes.append("model left where it is (device_placement=False)")
+        wrapped, optimizers = self.strategy.setup(model, optimizers)
+        if placement or wrapped is not model:
+            self.notes.append(self.strategy.describe())
+        self.prepared.models.append(wrapped)
+        return wrapped, optimizers
+
+    def register_optimizer(self, optimizer: torch.optim.Optimizer, owner: torch.nn.Module | None) -> AcceleratedOptimizer:
+        _move_optimizer_state(optimizer, self.strategy.device)
+        wrapped = AcceleratedOptimizer(optimizer, self.stepper)
+        self.prepared.optimizers.append(wrapped)
+        self.prepared.owners[id(wrapped)] = owner
+        return wrapped
+
+    def scheduler(self, scheduler: Any) -> AcceleratedScheduler:
+        target = getattr(scheduler, "optimizer", None)
+        owners = [o for o in self.prepared.optimizers if o.optimizer is target or o is target]
+        wrapped = AcceleratedScheduler(scheduler, owners or list(self.prepared.optimizers), self.state,
+                                       self.step_scheduler_with_optimizer)
+        self.prepared.schedulers.append(wrapped)
+        return wrapped
+
+    def _owner_of(self, optimizer: torch.optim.Optimizer) -> torch.nn.Module | None:
+        ids = _param_ids(optimizer)
+        for model in self.prepared.models:
+            if ids & {id(p) for p in model.parameters()}:
+                return model
+        return None
+
+
+def _param_ids(optimizer: torch.optim.Optimizer) -> set[int]:
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def autocast_forward(model: torch.nn.Module, autocast: Callable[[], contextlib.AbstractContextManager[Any]]) -> None:
+    """Run ``model.forward`` under autocast, as Accelerate does; the original stays at ``model.__class__.forward``."""
+    if "forward" in vars(model):
+        return
+    original = model.forward
+
+    @functools.wraps(original)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        with autocast():
+            return original(*args, **kwargs)
+
+    model.forward = forward  # type: ignore[method-assign]
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for key, value in list(state.items()):
+            if isinstance(value, torch.Tensor) and key != "step" and value.device != device and not _is_dtensor(value):
+                state[key] = value.to(device)
+
+
+def _is_dtensor(value: torch.Tensor) -> bool:
+    return type(value).__name__ == "DTensor"
