@@ -1,138 +1,163 @@
-"""Per-step overhead of the structured layer on CPU: raw PyTorch vs ember.Trainer vs Lightning, same run.
+"""What a Trainer user pays per step on CPU: the whole ``fit`` with the defaults on, in a fresh process, against
+the bare loop of the same model — raw PyTorch vs ember.Trainer vs Lightning, interleaved in the same run.
 
-    python bench/trainer_overhead_cpu.py --steps 1500 --repeats 3
+    python bench/trainer_overhead_cpu.py --steps 3000 --repeats 3
 
-Each implementation trains the same tiny MLP (128→256→10, batch 64, AdamW, float32) for one epoch over
-in-memory tensors. The Trainer and Lightning run with their defaults — progress bar on, model summary on,
-default logger, checkpoint at the end of the epoch — and the module calls ``self.log("train_loss", loss,
-prog_bar=True)`` every step. A callback (or, in the raw loop, the loop itself) records a timestamp after every
-step; the figure is the median step-to-step interval after 50 warm-up steps, so one-time set-up and the
-end-of-epoch checkpoint are not counted. Runs alternate raw → ember → Lightning, ``--repeats`` times.
+Each measurement is a new Python process (imports, set-up and teardown are not shared between runs). It trains the
+same tiny MLP (128→256→10, batch 64, AdamW, float32, 1 thread) for one epoch of ``--steps`` batches:
 
-stdout is a pipe in the reported runs (as in CI or a batch job); both progress bars then print at most one
-line per epoch (ember) or update their non-interactive bar (Lightning's TQDM).
+* raw: ``for x, y in DataLoader(...)``: forward, ``loss.backward()``, ``opt.step()``, ``opt.zero_grad()``;
+* ember.Trainer / Lightning: ``Trainer(max_epochs=1, accelerator="cpu")`` with every default on (progress bar,
+  model summary, default logger, checkpoint at the end of the epoch, a sanity check has no data to run) and
+  ``self.log("loss", loss, prog_bar=True)`` in every ``training_step``.
+
+The figure is the wall time of the loop (raw) or of ``trainer.fit(...)`` (Trainers), divided by ``--steps``: what a
+user waits for, one-time costs of ``fit`` included. stdout of the workers is a pipe, as in CI or a batch job.
+``--profile`` prints a cProfile of one ember run (sorted by own time) to find where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
-
-IN, HIDDEN, OUT, BATCH, WARMUP = 128, 256, 10, 64, 50
+IN, HIDDEN, OUT, BATCH = 128, 256, 10, 64
 
 
-def data(steps: int) -> TensorDataset:
+def _setup(steps: int) -> Any:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
     g = torch.Generator().manual_seed(0)
     return TensorDataset(torch.randn(steps * BATCH, IN, generator=g), torch.randint(0, OUT, (steps * BATCH,), generator=g))
 
 
-def mlp() -> torch.nn.Module:
+def _mlp() -> Any:
+    import torch
+
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(IN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, OUT))
 
 
-def median_interval(stamps: list[float]) -> float:
-    deltas = [b - a for a, b in zip(stamps[WARMUP:], stamps[WARMUP + 1 :])]
-    return statistics.median(deltas)
+def _module(base: type) -> Any:
+    import torch
+    import torch.nn.functional as F
 
-
-def run_raw(ds: TensorDataset) -> float:
-    model = mlp()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    stamps: list[float] = []
-    for x, y in DataLoader(ds, batch_size=BATCH, shuffle=True):
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        stamps.append(time.perf_counter())
-    return median_interval(stamps)
-
-
-def _module_class(base: type) -> type:
     class Tiny(base):  # type: ignore[misc,valid-type]
         def __init__(self) -> None:
             super().__init__()
-            self.net = mlp()
+            self.net = _mlp()
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             x, y = batch
             loss = F.cross_entropy(self.net(x), y)
-            self.log("train_loss", loss, prog_bar=True)
+            self.log("loss", loss, prog_bar=True)
             return loss
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
-    return Tiny
+    return Tiny()
 
 
-def run_ember(ds: TensorDataset, root: str) -> float:
-    import ember
-    from ember.callbacks import Callback
+def worker(kind: str, steps: int, root: str) -> float:
+    """Seconds of the measured region in this (fresh) process."""
+    from torch.utils.data import DataLoader
 
-    stamps: list[float] = []
+    ds = _setup(steps)
+    if kind == "raw":
+        import torch
+        import torch.nn.functional as F
 
-    class Stamp(Callback):
-        def on_train_batch_end(self, *args: Any) -> None:
-            stamps.append(time.perf_counter())
+        model = _mlp()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        start = time.perf_counter()
+        for x, y in DataLoader(ds, batch_size=BATCH, shuffle=True):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        return time.perf_counter() - start
+    if kind == "ember":
+        import ember as L
 
-    trainer = ember.Trainer(max_epochs=1, callbacks=[Stamp()], default_root_dir=root, accelerator="cpu")
-    trainer.fit(_module_class(ember.Module)(), DataLoader(ds, batch_size=BATCH, shuffle=True))
-    return median_interval(stamps)
+        trainer = L.Trainer(max_epochs=1, default_root_dir=root, accelerator="cpu")
+        module = _module(L.Module)
+    else:
+        import lightning as L
+
+        trainer = L.Trainer(max_epochs=1, default_root_dir=root, accelerator="cpu", devices=1)
+        module = _module(L.LightningModule)
+    loader = DataLoader(ds, batch_size=BATCH, shuffle=True)
+    start = time.perf_counter()
+    trainer.fit(module, loader)
+    return time.perf_counter() - start
 
 
-def run_lightning(ds: TensorDataset, root: str) -> float:
-    import lightning as L
+def _run(kind: str, steps: int) -> float:
+    with tempfile.TemporaryDirectory() as root:
+        proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--steps", str(steps), "--root", root],
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if proc.returncode != 0:
+            raise RuntimeError(f"{kind} worker failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        return float(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
 
-    stamps: list[float] = []
 
-    class Stamp(L.Callback):
-        def on_train_batch_end(self, *args: Any) -> None:
-            stamps.append(time.perf_counter())
+def _profile(steps: int) -> None:
+    import cProfile
+    import pstats
 
-    trainer = L.Trainer(max_epochs=1, callbacks=[Stamp()], default_root_dir=root, accelerator="cpu", devices=1)
-    trainer.fit(_module_class(L.LightningModule)(), DataLoader(ds, batch_size=BATCH, shuffle=True))
-    return median_interval(stamps)
+    with tempfile.TemporaryDirectory() as root:
+        prof = cProfile.Profile()
+        prof.enable()
+        worker("ember", steps, root)
+        prof.disable()
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(40)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-lightning", action="store_true")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--worker", choices=["raw", "ember", "lightning"])
+    p.add_argument("--root", default=None)
     args = p.parse_args()
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    ds = data(args.steps)
-    results: dict[str, list[float]] = {"raw": [], "ember.Trainer": [], "Lightning": []}
-    try:
-        import lightning  # noqa: F401
-    except ImportError:
-        args.no_lightning = True
+    if args.worker:
+        print(json.dumps({"seconds": worker(args.worker, args.steps, args.root or tempfile.mkdtemp())}))
+        return
+    if args.profile:
+        _profile(args.steps)
+        return
+    kinds = ["raw", "ember"]
+    if not args.no_lightning:
+        try:
+            import lightning  # noqa: F401
+
+            kinds.append("lightning")
+        except ImportError:
+            pass
+    results: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(args.repeats):
-        with tempfile.TemporaryDirectory() as root:
-            results["raw"].append(run_raw(ds))
-            results["ember.Trainer"].append(run_ember(ds, os.path.join(root, "ember")))
-            if not args.no_lightning:
-                results["Lightning"].append(run_lightning(ds, os.path.join(root, "lightning")))
+        for kind in kinds:  # interleaved: raw, ember, Lightning, raw, ...
+            results[kind].append(_run(kind, args.steps) / args.steps)
     base = statistics.median(results["raw"])
-    lines = [f"\n| loop (CPU, 1 thread, {args.steps} steps) | median µs/step (median of {args.repeats}) | vs raw |",
-             "|---|---:|---:|"]
-    for name, values in results.items():
-        if values:
-            med = statistics.median(values)
-            lines.append(f"| {name} | {med * 1e6:.1f} | {med / base:.3f}× |")
-    print("\n".join(lines), file=sys.stderr if False else sys.stdout)
+    names = {"raw": "raw PyTorch loop", "ember": "ember.Trainer (defaults)", "lightning": "Lightning Trainer (defaults)"}
+    print(f"\n| CPU, 1 thread, {args.steps} steps, fresh process per run | µs/step, median of {args.repeats} "
+          "(min–max) | vs raw |\n|---|---:|---:|")
+    for kind, values in results.items():
+        med = statistics.median(values)
+        print(f"| {names[kind]} | {med * 1e6:.1f} ({min(values) * 1e6:.1f}–{max(values) * 1e6:.1f}) | {med / base:.3f}× |")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 #: variables ``ember launch`` sets for its workers (and nothing else reads)
 LAUNCH_VARIABLES = (
     "EMBER_MIXED_PRECISION", "EMBER_STRATEGY", "EMBER_ACCELERATOR", "EMBER_GRADIENT_ACCUMULATION_STEPS",
-    "EMBER_FSDP_CONFIG", "EMBER_DEEPSPEED_CONFIG", "EMBER_DYNAMO_CONFIG",
+    "EMBER_STRATEGY_CONFIG", "EMBER_DYNAMO_CONFIG",
 )
 
 
@@ -119,15 +119,15 @@ class LaunchSettings:
 
     >>> LaunchSettings.from_env({"EMBER_STRATEGY": "ddp", "EMBER_GRADIENT_ACCUMULATION_STEPS": "4"})
     LaunchSettings(mixed_precision=None, strategy='ddp', accelerator=None, gradient_accumulation_steps=4, \
-fsdp_config={}, deepspeed_config={}, dynamo_config={})
+strategy_config={}, dynamo_config={})
     """
 
     mixed_precision: str | None = None
     strategy: str | None = None
     accelerator: str | None = None
     gradient_accumulation_steps: int | None = None
-    fsdp_config: dict[str, Any] = field(default_factory=dict)
-    deepspeed_config: dict[str, Any] = field(default_factory=dict)
+    #: the YAML's section for the chosen strategy (``fsdp_config``, ``deepspeed_config``), see Strategy.configure
+    strategy_config: dict[str, Any] = field(default_factory=dict)
     dynamo_config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -139,8 +139,7 @@ fsdp_config={}, deepspeed_config={}, dynamo_config={})
             strategy=env.get("EMBER_STRATEGY") or None,
             accelerator=env.get("EMBER_ACCELERATOR") or None,
             gradient_accumulation_steps=int(steps) if steps else None,
-            fsdp_config=_json_section(env, "EMBER_FSDP_CONFIG"),
-            deepspeed_config=_json_section(env, "EMBER_DEEPSPEED_CONFIG"),
+            strategy_config=_json_section(env, "EMBER_STRATEGY_CONFIG"),
             dynamo_config=_json_section(env, "EMBER_DYNAMO_CONFIG"),
         )
 

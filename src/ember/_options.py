@@ -54,6 +54,7 @@ def resolve(
     accumulation_reduction: str,
     handle_signals: bool | Sequence[int | str],
     nonfinite: str,
+    plugins: Sequence[Any] = (),
     launch: LaunchSettings | None = None,
 ) -> Options:
     """Check every argument and build the device, precision and strategy (no process group yet)."""
@@ -61,7 +62,8 @@ def resolve(
     # `ember launch` passes its configuration through the environment; explicit arguments win.
     if gradient_accumulation_steps is None:
         gradient_accumulation_steps = launch.gradient_accumulation_steps or 1
-    if strategy in (None, "auto") and launch.strategy:
+    from_launcher = strategy in (None, "auto") and bool(launch.strategy) and not any(p is not None for p in plugins)
+    if from_launcher:
         strategy = launch.strategy
     if accelerator == "auto" and launch.accelerator:
         accelerator = launch.accelerator
@@ -77,7 +79,7 @@ def resolve(
     signals = faults.resolve_signals(handle_signals)
     device = select_device(process, cpu, accelerator)
     precision = resolve_precision(mixed_precision, device.type, handlers.scaler)
-    strat = resolve_strategy(strategy, process.world_size)
+    strat = _strategy(strategy, plugins, process, launch)
     options = getattr(strat, "options", None)
     if (handlers.ddp or handlers.comm_hook is not None) and options is None and process.world_size > 1 \
             and process.rank == 0:  # one process: nothing to synchronise, the handler is moot (as in Accelerate)
@@ -99,6 +101,28 @@ def resolve(
         or handlers.timeout or datetime.timedelta(minutes=30)
     return Options(device, precision, strat, resolved_timeout, gradient_accumulation_steps, accumulation_reduction,
                    handlers, signals, launch)
+
+
+def _strategy(value: str | Strategy | None, plugins: Sequence[Any], process: ProcessInfo,
+              launch: LaunchSettings) -> Strategy:
+    """The strategy from ``strategy=``, an Accelerate-style plugin (``fsdp_plugin=``/``deepspeed_plugin=``), or the
+    launcher (with its YAML section applied)."""
+    given = [p for p in plugins if p is not None]
+    if len(given) > 1:
+        raise EmberConfigError(
+            f"got {len(given)} strategy plugins ({', '.join(type(p).__name__ for p in given)}); pass one of them.")
+    if given:
+        if value not in (None, "auto"):
+            raise EmberConfigError(
+                f"strategy={value!r} and {type(given[0]).__name__} both choose the strategy; pass one of them.")
+        built = given[0].to_strategy()
+        if not isinstance(built, Strategy):
+            raise EmberConfigError(f"{type(given[0]).__name__}.to_strategy() must return an ember Strategy.")
+        return built
+    strat = resolve_strategy(value, process.world_size)
+    if isinstance(value, str) and value == launch.strategy and launch.strategy_config:
+        strat.configure(launch.strategy_config, "ember launch --config_file")
+    return strat
 
 
 def select_device(process: ProcessInfo, cpu: bool, accelerator: str) -> torch.device:

@@ -73,6 +73,9 @@ class Accelerator:
         nonfinite: "off" (default), "skip" or "halt": what a step with inf/NaN loss or gradients on any rank
             does, decided identically on every rank (costs one host sync per optimizer step, hence off by
             default; under fp16 the GradScaler already skips overflowing steps). See :mod:`ember.faults`.
+        fsdp_plugin / deepspeed_plugin: Accelerate's way to choose a sharded strategy
+            (``FullyShardedDataParallelPlugin(...)``, ``DeepSpeedPlugin(zero_stage=2, ...)``); same as passing
+            the strategy object.
 
     >>> accelerator = Accelerator(cpu=True, verbose=False)
     >>> accelerator
@@ -101,12 +104,15 @@ class Accelerator:
         process: ProcessInfo | None = None,
         handle_signals: bool | Sequence[int | str] = False,
         nonfinite: str = "off",
+        fsdp_plugin: Any = None,
+        deepspeed_plugin: Any = None,
     ) -> None:
         self.process = process if process is not None else ProcessInfo.from_env()
         options = _options.resolve(  # every check, before any process group, model or data work (rule 5)
             self.process, mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps,
             cpu=cpu, strategy=strategy, kwargs_handlers=kwargs_handlers, timeout=timeout, accelerator=accelerator,
             accumulation_reduction=accumulation_reduction, handle_signals=handle_signals, nonfinite=nonfinite,
+            plugins=(fsdp_plugin, deepspeed_plugin),
         )
         self.device, self.strategy = options.device, options.strategy
         self.project_dir = Path(project_dir if project_dir is not None else "runs")

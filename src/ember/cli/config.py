@@ -130,6 +130,10 @@ class LaunchConfig:
         if stage is not None and stage not in (0, 1, 2, 3):
             raise EmberConfigError(f"{source}: deepspeed_config.zero_stage={stage!r} must be 0, 1, 2 or 3.")
 
+    def strategy_config(self) -> dict[str, Any]:
+        """The YAML section that configures the chosen strategy (handed to the workers' Strategy.configure)."""
+        return {"FSDP": self.fsdp_config, "DEEPSPEED": self.deepspeed_config}.get(self.distributed_type, {})
+
     def to_yaml(self) -> str:
         data = {k: v for k, v in asdict(self).items() if v not in (None, {}, [])}
         return yaml.safe_dump(data, sort_keys=False)

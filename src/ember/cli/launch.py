@@ -6,6 +6,7 @@ ember only turns its configuration into torchrun arguments and environment varia
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Sequence
@@ -95,6 +96,11 @@ def launch(cfg: LaunchConfig, script: str, script_args: Sequence[str]) -> int:
     check_resources(cfg)
     os.environ["EMBER_MIXED_PRECISION"] = cfg.mixed_precision
     os.environ["EMBER_STRATEGY"] = cfg.strategy
+    section = cfg.strategy_config()
+    if section:
+        os.environ["EMBER_STRATEGY_CONFIG"] = json.dumps(section)
+    else:
+        os.environ.pop("EMBER_STRATEGY_CONFIG", None)
     if cfg.use_cpu:
         os.environ["EMBER_ACCELERATOR"] = "cpu"
     if cfg.gradient_accumulation_steps:

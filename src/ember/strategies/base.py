@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import datetime
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,17 @@ class Strategy(abc.ABC):
         """Give the strategy the process facts, its device and the collective timeout (called once)."""
         self.process, self.device, self.timeout = process, device, timeout
         self.topology = self.build_topology(process)
+
+    def configure(self, settings: Mapping[str, Any], source: str = "the launch config") -> None:
+        """Apply the launcher's section for this strategy (e.g. the YAML's ``fsdp_config``). A strategy without
+        settings refuses any, naming them."""
+        if settings:
+            from ember._errors import EmberConfigError
+
+            raise EmberConfigError(
+                f"{source} gives settings {sorted(settings)} for strategy={self.name!r}, which takes none. Remove "
+                "them, or choose the strategy they belong to."
+            )
 
     def build_topology(self, process: ProcessInfo) -> Topology:
         """The mesh sizes (default: every rank a data-parallel replica)."""

@@ -15,11 +15,11 @@ from torch.utils.data import DataLoader, TensorDataset
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "_strategies"))
-import allreduce_strategy  # noqa: F401  (registers "allreduce_test")
-from common import BATCH, LR, make_data, make_model
+import allreduce_strategy  # noqa: E402, F401  (registers "allreduce_test")
+from common import BATCH, LR, make_data, make_model  # noqa: E402
 
-import ember as L
-from ember import Accelerator
+import ember as L  # noqa: E402
+from ember import Accelerator  # noqa: E402
 
 
 def with_accelerator(strategy: str) -> dict[str, torch.Tensor]:
