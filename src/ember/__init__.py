@@ -23,6 +23,8 @@ _EXPORTS: dict[str, str] = {
     "Precision": "ember.precision",
     "Strategy": "ember.strategies.base",
     "DDPStrategy": "ember.strategies.ddp",
+    "FSDPStrategy": "ember.strategies.fsdp",
+    "FullyShardedDataParallelPlugin": "ember.strategies._fsdp_config",
     "SingleDeviceStrategy": "ember.strategies.single",
     "ProcessInfo": "ember._env",
     "Module": "ember.trainer.module",
@@ -43,8 +45,10 @@ if TYPE_CHECKING:
     from ember.accelerator import Accelerator
     from ember.callbacks.base import Callback
     from ember.precision import Precision
+    from ember.strategies._fsdp_config import FullyShardedDataParallelPlugin
     from ember.strategies.base import Strategy
     from ember.strategies.ddp import DDPStrategy
+    from ember.strategies.fsdp import FSDPStrategy
     from ember.strategies.single import SingleDeviceStrategy
     from ember.trainer.module import LightningModule, Module
     from ember.trainer.trainer import Trainer

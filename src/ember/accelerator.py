@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ember import _collectives, _options, _state, _stepping, _tracking, faults
+from ember import _collectives, _objects, _options, _state, _stepping, _tracking, faults
 from ember._env import ProcessInfo
 from ember._kinds import ACCELERATE_PRECISION, DistributedType
 from ember._log import info
@@ -401,6 +401,7 @@ class Accelerator:
     # ------------------------------------------------------------------------------------------------
     # the verbs, one line each; their examples live beside their code
     # ------------------------------------------------------------------------------------------------
+    init_module = _objects.init_module
     # the step: ember._stepping
     backward = _stepping.backward
     accumulate = _stepping.accumulate

@@ -45,11 +45,13 @@ from ._codec import flatten_state, unflatten_state
 from ._discovery import apply_retention, find_latest, list_checkpoints, step_dir_name
 from ._errors import CheckpointError
 from ._read import load_state, read_json, verify
+from ._sharded import ShardReader, save_shards
 from ._store import begin, commit, save_state, write_json
 from ._tensors import read_tensors, write_tensors
 
 __all__ = [
     "CheckpointError",
+    "ShardReader",
     "apply_retention",
     "begin",
     "commit",
@@ -59,6 +61,7 @@ __all__ = [
     "load_state",
     "read_json",
     "read_tensors",
+    "save_shards",
     "save_state",
     "step_dir_name",
     "unflatten_state",

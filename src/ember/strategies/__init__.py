@@ -3,8 +3,10 @@
 Names are registered in :mod:`ember.strategies.registry`; :func:`register_strategy` adds one.
 """
 
+from ember.strategies._fsdp_config import FullyShardedDataParallelPlugin
 from ember.strategies.base import BackwardSyncControl, ForwardRedirection, Reshardable, Strategy
 from ember.strategies.ddp import DDPOptions, DDPStrategy
+from ember.strategies.fsdp import FSDPStrategy
 from ember.strategies.registry import register_strategy, resolve_strategy, strategy_names
 from ember.strategies.single import SingleDeviceStrategy
 from ember.strategies.topology import Topology
@@ -13,7 +15,9 @@ __all__ = [
     "BackwardSyncControl",
     "DDPOptions",
     "DDPStrategy",
+    "FSDPStrategy",
     "ForwardRedirection",
+    "FullyShardedDataParallelPlugin",
     "Reshardable",
     "SingleDeviceStrategy",
     "Strategy",

@@ -47,12 +47,14 @@ def resolve_strategy(value: str | Strategy | None, world_size: int) -> Strategy:
 
 def _builtin() -> None:
     from ember.strategies.ddp import DDPStrategy
+    from ember.strategies.fsdp import FSDPStrategy
     from ember.strategies.single import SingleDeviceStrategy
 
     register_strategy("single", SingleDeviceStrategy)
     register_strategy("single_device", SingleDeviceStrategy)
     register_strategy("ddp", DDPStrategy)
     register_strategy("ddp_find_unused_parameters_true", lambda: DDPStrategy(find_unused_parameters=True))
+    register_strategy("fsdp", FSDPStrategy)
 
 
 _builtin()

@@ -228,9 +228,8 @@ def fit(t: Trainer, module: Module, train: Any, val: Any, datamodule: Any, ckpt_
     if val is not None and not overrides(module, Module, "validation_step"):
         warnings.warn(f"{type(module).__name__} has no validation_step: the validation data is not used.", stacklevel=3)
         val = None
-    setup_model(t, module, train_loader)
+    setup_fit(t, module, train_loader)
     prepare_eval(t, val, "fit")
-    setup_optimizers(t, module)
     _checkpoint.restore(t, ckpt_path, loggers=not preloaded)
     log_hyperparams(t, module)
     t._start_time = time.monotonic()
@@ -349,27 +348,38 @@ def _accepts_dataloader_idx(method: Any) -> bool:
     return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 3
 
 
-def setup_model(t: Trainer, module: Module, train_loader: DataLoader[Any] | None = None) -> None:
-    """Prepare the model (and the training loader) in one ``prepare`` call, which prints what ember changed."""
-    if train_loader is None and t._wrapped is not None and t.accelerator.unwrap_model(t._wrapped) is module:
-        return
+def configure_model(t: Trainer, module: Module) -> Module:
+    """Lightning's ``configure_model`` hook, inside the strategy's init context (``meta`` where it shards), then
+    SyncBatchNorm if asked."""
+    if overrides(module, Module, "configure_model"):
+        with t.accelerator.init_module(empty_init=True):
+            t._hooks.module("configure_model", force=True)
     if t.sync_batchnorm and t.world_size > 1:
         module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)  # type: ignore[no-untyped-call,assignment]
-    if train_loader is None:
-        t._wrapped = t.accelerator.prepare(module)
+    return module
+
+
+def setup_model(t: Trainer, module: Module) -> None:
+    """Prepare the model for evaluation or prediction (once; fit prepares it with its optimizers)."""
+    if t._wrapped is not None and t.accelerator.unwrap_model(t._wrapped) is module:
         return
-    t._wrapped, t._train_loader = t.accelerator.prepare(module, train_loader)
+    t._wrapped = t.accelerator.prepare(configure_model(t, module))
+
+
+def setup_fit(t: Trainer, module: Module, train_loader: DataLoader[Any]) -> None:
+    """The training loader first (its length sizes ``estimated_stepping_batches``), then ``configure_optimizers``,
+    then one ``prepare(model, *optimizers)``: the strategy sets the model up together with its optimizers."""
+    module = configure_model(t, module)
+    t._train_loader = t.accelerator.prepare_data_loader(train_loader)
     _count_train_batches(t)
-
-
-def setup_optimizers(t: Trainer, module: Module) -> None:
     optimizers, configs = parse_optimizers(t._hooks.module("configure_optimizers", force=True))
     if module.automatic_optimization and len(optimizers) > 1:
         raise EmberConfigError(
             f"configure_optimizers returned {len(optimizers)} optimizers; automatic optimisation steps one. Set "
             "self.automatic_optimization = False and step them in training_step (self.optimizers())."
         )
-    t._optimizers = [t.accelerator.prepare_optimizer(opt) for opt in optimizers]
+    prepared = t.accelerator.prepare(module, *optimizers)
+    t._wrapped, t._optimizers = (prepared[0], list(prepared[1:])) if optimizers else (prepared, [])
     for config in configs:
         config.scheduler = t.accelerator.prepare_scheduler(config.scheduler)
     t._scheduler_configs = configs

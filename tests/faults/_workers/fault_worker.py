@@ -65,6 +65,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=None)
     p.add_argument("--handle-signals", action="store_true")
     p.add_argument("--precision", default=None)
+    p.add_argument("--strategy", default="auto", help="any registered strategy name (ddp, fsdp, deepspeed_stage_2)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one GPU per rank (not exact)")
     p.add_argument("--step-sleep", type=float, default=0.0, help="seconds of sleep per micro-batch")
     return p.parse_args(argv)
@@ -245,9 +246,9 @@ class LossLog:
         self.file.write(f"{micro} {float(loss.detach()).hex()}\n")
 
 
-def write_results(out: Path, rank: int, model: torch.nn.Module, info: dict[str, Any]) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              out / f"final-rank{rank}.safetensors")
+def write_results(out: Path, rank: int, state: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    """``state``: the strategy's full state dict (every rank calls get_state_dict; sharded strategies fill rank 0)."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, out / f"final-rank{rank}.safetensors")
     (out / f"result-rank{rank}.json").write_text(json.dumps(info))
 
 
@@ -260,7 +261,7 @@ def run_accelerator(args: argparse.Namespace) -> None:
     acc = Accelerator(
         cpu=args.device == "cpu", seed=0, gradient_accumulation_steps=args.accum, project_dir=args.out, verbose=False,
         handle_signals=args.handle_signals, nonfinite=args.nonfinite, timeout=args.timeout,
-        mixed_precision=args.precision,
+        mixed_precision=args.precision, strategy=args.strategy,
     )
     torch.use_deterministic_algorithms(True)
     rank = acc.process_index
@@ -313,7 +314,7 @@ def run_accelerator(args: argparse.Namespace) -> None:
         if acc.step != last_saved:
             save()
         faults.point("epoch", loader.state.epoch - 1)
-    write_results(args.out, rank, acc.unwrap_model(model),
+    write_results(args.out, rank, acc.get_state_dict(model),
                   {"step": acc.step, "skipped": acc.skipped_steps, "micro": loop.micro})
     acc.end_training()
 
@@ -378,6 +379,7 @@ def run_trainer(args: argparse.Namespace) -> None:
     _checkpoint.save = save
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=args.epochs, accumulate_grad_batches=args.accum, seed=0, deterministic=True,
+        strategy=args.strategy,
         default_root_dir=args.out, logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, handle_signals=args.handle_signals, nonfinite=args.nonfinite,
         callbacks=[Faulty(), ModelCheckpoint(
@@ -389,7 +391,9 @@ def run_trainer(args: argparse.Namespace) -> None:
     loader = DataLoader(dataset(args.items), batch_size=args.batch_size, shuffle=True)
     trainer.fit(module, loader, ckpt_path="last")
     print(f"[fault_worker] rank {rank}: trainer finished at step {trainer.global_step}", flush=True)
-    write_results(args.out, rank, module.net, {"step": trainer.global_step, "epoch": trainer.current_epoch})
+    state = trainer.accelerator.get_state_dict(module)
+    write_results(args.out, rank, {k.removeprefix("net."): v for k, v in state.items()},
+                  {"step": trainer.global_step, "epoch": trainer.current_epoch})
 
 
 def main(argv: list[str]) -> None:
