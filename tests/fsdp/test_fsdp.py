@@ -89,7 +89,7 @@ def test_fsdp_holds_about_half_of_ddp_bytes_per_rank(parity: Any) -> None:
 
 
 def test_full_state_dict_is_gathered_on_rank_0_only_in_float32(parity: Any) -> None:
-    (numbers0, weights0), (numbers1, weights1) = parity
+    (numbers0, _), (_, weights1) = parity
     assert numbers0["dtype/fsdp"] == ["torch.float32"] and weights1["acc/fsdp"] == {}  # rank 1: nothing gathered
     assert len(weights1["acc/ddp"]) == 25
 
@@ -115,7 +115,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str
 
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_save_on_2_resume_on_1_2_4_reshards_model_optimizer_and_data(saved: Any, world: int, tmp_path: Path) -> None:
-    out, numbers, final = saved
+    _, numbers, final = saved
     ckpt = Path(numbers[0]["saved"])
     assert sorted(p.name for p in (ckpt / "model").iterdir()) == [
         "shard-r00000.json", "shard-r00000.safetensors", "shard-r00001.json", "shard-r00001.safetensors"]

@@ -21,11 +21,11 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny import Block, Tokens, TinyLM  # noqa: E402
+from tiny import Block, TinyLM, Tokens
 
-import ember as L  # noqa: E402
-from ember import Accelerator  # noqa: E402
-from ember.strategies import FSDPStrategy  # noqa: E402
+import ember as L
+from ember import Accelerator
+from ember.strategies import FSDPStrategy
 
 ITEMS, BATCH = 96, 2  # 2 ranks x batch 2 x accumulation 2 = 8 per optimizer step: 12 steps per epoch
 
