@@ -30,7 +30,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     dataloader = DataLoader(dataset(), batch_size=4)
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
-    for epoch in range(2):
+    for _epoch in range(2):  # the seed: `for epoch in range(num_epochs)`
         model.train()
         for step, batch in enumerate(dataloader):
             with accelerator.accumulate(model):

@@ -19,7 +19,7 @@ from ember import checkpoint as ckpt
 from ember.strategies import FSDPStrategy
 
 sys.path.insert(0, str(Path(__file__).parent / "_workers"))
-from tiny import Block, TinyLM  # noqa: E402
+from tiny import Block, TinyLM
 
 sys.path.pop(0)
 
