@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     "Callback": "ember.callbacks.base",
 }
 _SUBMODULES = ("callbacks", "loggers", "checkpoint", "data", "precision", "strategies", "profilers", "trainer",
-               "faults")
+               "faults", "utils", "local_sgd")
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 

@@ -8,8 +8,9 @@ every collective returns its input.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -250,3 +251,96 @@ def split_between(rank: int, world: int, inputs: Any, apply_padding: bool = Fals
         yield {k: share(v) for k, v in inputs.items()}
     else:
         yield share(inputs)
+
+
+def on_main_process(self: Accelerator, function: Callable[..., Any] | None = None) -> Any:
+    """Decorator: run ``function`` on the main process only (returns None elsewhere).
+
+    >>> from ember import Accelerator
+    >>> accelerator = Accelerator(cpu=True)
+    >>> @accelerator.on_main_process
+    ... def report(x): return f"rank 0 says {x}"
+    >>> report(1)
+    'rank 0 says 1'
+    """
+    return _only_on(self.is_main_process, function)
+
+
+def on_local_main_process(self: Accelerator, function: Callable[..., Any] | None = None) -> Any:
+    """Decorator: run ``function`` on each machine's local main process only.
+
+    >>> from ember import Accelerator
+    >>> accelerator = Accelerator(cpu=True)
+    >>> accelerator.on_local_main_process(lambda: "cache filled")()
+    'cache filled'
+    """
+    return _only_on(self.is_local_main_process, function)
+
+
+def on_last_process(self: Accelerator, function: Callable[..., Any]) -> Any:
+    """Decorator: run ``function`` on the last process only.
+
+    >>> from ember import Accelerator
+    >>> Accelerator(cpu=True).on_last_process(lambda: "last")()
+    'last'
+    """
+    return _only_on(self.is_last_process, function)
+
+
+def on_process(self: Accelerator, function: Callable[..., Any] | None = None, process_index: int | None = None) -> Any:
+    """Decorator: run ``function`` on process ``process_index`` only.
+
+    >>> from ember import Accelerator
+    >>> accelerator = Accelerator(cpu=True)
+    >>> @accelerator.on_process(process_index=0)
+    ... def hello(): return "hello from 0"
+    >>> hello()
+    'hello from 0'
+    """
+    if function is None:
+        return lambda fn: on_process(self, fn, process_index)
+    if process_index is None:
+        raise TypeError("on_process(...) needs process_index=: the process that runs the function.")
+    return _only_on(self.process_index == process_index, function)
+
+
+def _only_on(selected: bool, function: Callable[..., Any] | None) -> Any:
+    if function is None:
+        return lambda fn: _only_on(selected, fn)
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs) if selected else None
+
+    return wrapper
+
+
+def set_trigger(self: Accelerator) -> None:
+    """Raise this process's flag (e.g. "stop early"); :meth:`check_trigger` then tells every process.
+
+    >>> from ember import Accelerator
+    >>> accelerator = Accelerator(cpu=True)
+    >>> accelerator.check_trigger()
+    False
+    >>> accelerator.set_trigger(); accelerator.check_trigger(), accelerator.check_trigger()  # read once, then reset
+    (True, False)
+    """
+    self._trigger = True
+
+
+def check_trigger(self: Accelerator) -> bool:
+    """True on every process if any process called :meth:`set_trigger` since the last check (one all-reduce);
+    the flag is then cleared: early stopping decided on one rank, acted on by all.
+
+    >>> from ember import Accelerator
+    >>> accelerator = Accelerator(cpu=True)
+    >>> accelerator.set_trigger()
+    >>> if accelerator.check_trigger():
+    ...     print("stop on every process")
+    stop on every process
+    """
+    flag = torch.tensor(1 if getattr(self, "_trigger", False) else 0, device=self.device)
+    agreed = bool(self.strategy.all_reduce(flag, "max").item())
+    if agreed:
+        self._trigger = False  # check_trigger()'s flag (set_trigger raises it)
+    return agreed

@@ -8,6 +8,13 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from ember.accelerator import Accelerator
 
 
 class DistributedType(str, enum.Enum):
@@ -39,3 +46,25 @@ class PrecisionType(str, enum.Enum):
 ACCELERATE_PRECISION = {
     "32-true": "no", "64-true": "no", "16-mixed": "fp16", "bf16-mixed": "bf16", "16-true": "fp16", "bf16-true": "bf16",
 }
+
+
+@dataclass(frozen=True)
+class AcceleratorState:
+    """Accelerate's ``AcceleratorState`` fields, read from one Accelerator (``accelerator.state``)."""
+
+    distributed_type: DistributedType
+    num_processes: int
+    process_index: int
+    local_process_index: int
+    device: torch.device
+    mixed_precision: str
+    use_distributed: bool
+    is_main_process: bool
+    is_local_main_process: bool
+    is_last_process: bool
+
+    @classmethod
+    def of(cls, acc: Accelerator) -> AcceleratorState:
+        return cls(acc.distributed_type, acc.num_processes, acc.process_index, acc.local_process_index, acc.device,
+                   acc.mixed_precision, acc.use_distributed, acc.is_main_process, acc.is_local_main_process,
+                   acc.is_last_process)

@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ember._errors import EmberConfigError
+from ember._log import info
 from ember._stepping import AcceleratedOptimizer, AcceleratedScheduler
 
 if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
     from ember._stepping import GradientState, Stepper
     from ember.accelerator import Accelerator
     from ember.data import DeviceLoader
@@ -137,6 +140,11 @@ class ObjectPreparer:
         return wrapped
 
     def scheduler(self, scheduler: Any) -> AcceleratedScheduler:
+        if self.strategy.process.world_size > 1 and not self.prepared.schedulers and self.strategy.process.rank == 0 \
+                and self.step_scheduler_with_optimizer:
+            info(f"{type(scheduler).__name__} steps once per optimizer step on all {self.strategy.process.world_size} "
+                 "processes together (not once per process): size it in optimizer steps, "
+                 "accelerator.optimizer_steps(train_loader, epochs), not from the loader's length before prepare()")
         target = getattr(scheduler, "optimizer", None)
         owners = [o for o in self.prepared.optimizers if o.optimizer is target or o is target]
         wrapped = AcceleratedScheduler(scheduler, owners or list(self.prepared.optimizers), self.state,
@@ -199,3 +207,98 @@ def init_module(self: Accelerator, empty_init: bool | None = None) -> contextlib
     stack.enter_context(self.strategy.module_init_context(empty_init))
     stack.enter_context(default_dtype(self.precision.param_dtype))
     return stack
+
+
+def optimizer_steps(self: Accelerator, dataloader: Any, epochs: int = 1) -> int:
+    """How many optimizer steps ``epochs`` passes over ``dataloader`` take on this job — the number to size a
+    learning-rate schedule with. Works on the loader before or after ``prepare``: a prepared loader yields this
+    process's share of the batches, and a window that the end of an epoch cuts short still steps.
+
+    ember steps a prepared scheduler once per real optimizer step (Accelerate steps it once per process per step),
+    so size schedules in optimizer steps, never from ``len(dataset)`` alone.
+
+    >>> import torch
+    >>> from torch.utils.data import DataLoader
+    >>> from ember import Accelerator
+    >>> accelerator = Accelerator(cpu=True, gradient_accumulation_steps=4)
+    >>> loader = DataLoader(torch.zeros(100, 2), batch_size=8)  # 13 batches: windows of 4 → 4 steps per epoch
+    >>> accelerator.optimizer_steps(loader, epochs=3)
+    12
+    """
+    from ember.data import DeviceLoader
+
+    world = self.strategy.topology.dp_size
+    if isinstance(dataloader, DeviceLoader):
+        batches = len(dataloader.base_dataloader)  # this process's share of an epoch
+    elif world == 1:
+        batches = len(dataloader)
+    else:  # what prepare() will give each process: whole rounds of world x batch (the last one padded or dropped)
+        size, batch = len(dataloader.dataset), dataloader.batch_size or 1
+        batches = size // (batch * world) if dataloader.drop_last else -(-size // (batch * world))
+    steps = -(-batches // self.gradient_accumulation_steps)
+    return steps * epochs
+
+
+def prepare_model(self: Accelerator, model: torch.nn.Module, device_placement: bool | None = None) -> torch.nn.Module:
+    """Convert ``model`` to the precision, move it to the device and wrap it for the strategy.
+
+    >>> from ember import Accelerator
+    >>> accelerator = Accelerator(cpu=True, verbose=False)
+    >>> model = accelerator.prepare_model(torch.nn.Linear(2, 1))
+    >>> model.weight.device, accelerator.unwrap_model(model) is model
+    (device(type='cpu'), True)
+    """
+    placement = self.device_placement if device_placement is None else device_placement
+    return self._objects.setup_model(model, placement, [])[0]
+
+
+def prepare_optimizer(self: Accelerator, optimizer: torch.optim.Optimizer) -> AcceleratedOptimizer:
+    """Wrap ``optimizer`` so ``step``/``zero_grad`` follow accumulation, precision and skipping.
+
+    >>> from ember import Accelerator
+    >>> accelerator = Accelerator(cpu=True, verbose=False)
+    >>> model = accelerator.prepare_model(torch.nn.Linear(2, 1))
+    >>> optimizer = accelerator.prepare_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    >>> type(optimizer).__name__, optimizer.param_groups[0]["lr"]
+    ('AcceleratedOptimizer', 0.1)
+    """
+    return self._objects.models_with_optimizers([], [optimizer])[1][id(optimizer)]
+
+
+def prepare_scheduler(self: Accelerator, scheduler: Any) -> AcceleratedScheduler:
+    """Wrap ``scheduler`` so it steps once per real optimizer step (prepare its optimizer first).
+
+    >>> from ember import Accelerator
+    >>> accelerator = Accelerator(cpu=True, verbose=False)
+    >>> model = torch.nn.Linear(2, 1)
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    >>> optimizer = accelerator.prepare_optimizer(optimizer)
+    >>> scheduler = accelerator.prepare_scheduler(scheduler)
+    >>> model(torch.ones(1, 2)).sum().backward(); optimizer.step(); scheduler.step()
+    >>> scheduler.get_last_lr()
+    [0.05]
+    """
+    return self._objects.scheduler(scheduler)
+
+
+def prepare_data_loader(
+    self: Accelerator, dataloader: DataLoader[Any], device_placement: bool | None = None, *, track_state: bool = True
+) -> DeviceLoader:
+    """Shard ``dataloader`` across the data-parallel processes and move its batches to the device.
+
+    ``track_state=False`` leaves the loader out of :meth:`save_state` / :meth:`load_state` (evaluation
+    loaders that always restart from their beginning), so checkpoints hold only the loaders to resume.
+
+    >>> from ember import Accelerator
+    >>> from torch.utils.data import DataLoader
+    >>> accelerator = Accelerator(cpu=True, verbose=False)
+    >>> loader = accelerator.prepare_data_loader(DataLoader(torch.arange(6.0), batch_size=4))
+    >>> [batch.tolist() for batch in loader]
+    [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0]]
+    """
+    placement = self.device_placement if device_placement is None else device_placement
+    loader = self.data_preparer.prepare(dataloader, placement, self._notes)
+    if track_state:
+        self.prepared.dataloaders.append(loader)
+    return loader

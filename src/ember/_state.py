@@ -416,7 +416,11 @@ def save_state(self: Accelerator, output_dir: str | os.PathLike[str] | None = No
     ('step-00000000', ['manifest.json', 'model.safetensors', 'optimizer.json', 'precision.json',
                        'state-rank0.json', 'state-rank0.safetensors'])
     """
-    return _save_state(self, None if output_dir is None else Path(output_dir), **kwargs)
+    if output_dir is None and self.project_configuration.total_limit is not None:
+        kwargs.setdefault("keep_last", self.project_configuration.total_limit)  # ProjectConfiguration(total_limit=)
+    path = _save_state(self, None if output_dir is None else Path(output_dir), **kwargs)
+    self.project_configuration.iteration += 1
+    return path
 
 
 def load_state(self: Accelerator, input_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> Path | None:
@@ -437,3 +441,40 @@ def load_state(self: Accelerator, input_dir: str | os.PathLike[str] | None = Non
     (True, True)
     """
     return _load_state(self, None if input_dir is None else Path(input_dir), **kwargs)
+
+
+def save(self: Accelerator, obj: Any, f: str | os.PathLike[str], safe_serialization: bool = False) -> None:
+    """Write ``obj`` to ``f`` on the main process (``save_pretrained(..., save_function=accelerator.save)`` works).
+
+    A dict of tensors (a state dict) is written in the safetensors format; anything else (plain data, tensors
+    inside) as ember's JSON + safetensors pair (``f`` and ``f`` + ``.safetensors``). Nothing is pickled, so
+    ``torch.load`` cannot read the result: read a state dict with ``safetensors.torch.load_file(f)``.
+
+    >>> import os, tempfile
+    >>> from ember import Accelerator
+    >>> from safetensors.torch import load_file
+    >>> path = os.path.join(tempfile.mkdtemp(), "weights.safetensors")
+    >>> Accelerator(cpu=True).save({"w": torch.ones(2)}, path)
+    >>> load_file(path)["w"]
+    tensor([1., 1.])
+    """
+    if not self.is_main_process:
+        return
+    target = Path(f)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        from safetensors.torch import save_file
+
+        save_file(_plain_tensors(obj), str(target), metadata={"format": "pt"})
+        return
+    from ember.checkpoint import flatten_state
+
+    skeleton, tensors = flatten_state(obj, root=target.name)
+    if tensors:
+        from safetensors.torch import save_file
+
+        save_file(_plain_tensors(tensors), str(target) + ".safetensors")
+    import json
+
+    target.write_text(json.dumps({"ember_object": 1, "tensors": target.name + ".safetensors" if tensors else None,
+                                  "skeleton": skeleton}))

@@ -28,15 +28,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ember import _collectives, _objects, _options, _state, _stepping, _tracking, faults
+from ember import _collectives, _objects, _options, _profile, _state, _stepping, _tracking, faults
 from ember._env import ProcessInfo
-from ember._kinds import ACCELERATE_PRECISION, DistributedType
+from ember._kinds import ACCELERATE_PRECISION, AcceleratorState, DistributedType
 from ember._log import info
 from ember._objects import ObjectPreparer, Prepared, check_prepare_args, is_scheduler
 from ember._prepare import DataPreparer
 from ember._seed import set_seed
-from ember._stepping import AcceleratedOptimizer, AcceleratedScheduler, GradientState, Stepper
-from ember.data import DeviceLoader
+from ember._stepping import AcceleratedOptimizer, GradientState, Stepper
 from ember.precision import Precision
 from ember.strategies import Strategy
 
@@ -76,6 +75,9 @@ class Accelerator:
         fsdp_plugin / deepspeed_plugin: Accelerate's way to choose a sharded strategy
             (``FullyShardedDataParallelPlugin(...)``, ``DeepSpeedPlugin(zero_stage=2, ...)``); same as passing
             the strategy object.
+        project_config / dataloader_config: Accelerate's ``ProjectConfiguration`` (``project_dir``, ``total_limit``
+            = checkpoints kept) and ``DataLoaderConfiguration`` (``split_batches``, ``even_batches``), from
+            :mod:`ember.utils`.
 
     >>> accelerator = Accelerator(cpu=True, verbose=False)
     >>> accelerator
@@ -106,6 +108,8 @@ class Accelerator:
         nonfinite: str = "off",
         fsdp_plugin: Any = None,
         deepspeed_plugin: Any = None,
+        project_config: Any = None,
+        dataloader_config: Any = None,
     ) -> None:
         self.process = process if process is not None else ProcessInfo.from_env()
         options = _options.resolve(  # every check, before any process group, model or data work (rule 5)
@@ -115,7 +119,13 @@ class Accelerator:
             plugins=(fsdp_plugin, deepspeed_plugin),
         )
         self.device, self.strategy = options.device, options.strategy
+        from ember.utils import DataLoaderConfiguration, ProjectConfiguration
+
+        self.project_configuration = project_config or ProjectConfiguration(project_dir=None)
+        project_dir = project_dir if project_dir is not None else self.project_configuration.project_dir
         self.project_dir = Path(project_dir if project_dir is not None else "runs")
+        self.dataloader_config = dataloader_config or DataLoaderConfiguration(even_batches=even_batches)
+        even_batches = self.dataloader_config.even_batches
         self.verbose, self.device_placement, self.even_batches = verbose, device_placement, even_batches
         self.strategy.bind(self.process, self.device, options.timeout)
         self.strategy.setup_environment()
@@ -131,6 +141,7 @@ class Accelerator:
         self.prepared = Prepared()
         self._notes: list[str] = []
         self._announced = False
+        self._trigger = False  # set_trigger() / check_trigger()
         self.data_preparer = DataPreparer(self)
         self._objects = ObjectPreparer(self.strategy, self.precision, self._stepper, self.gradient_state,
                                        self.prepared, self._notes, self.autocast)
@@ -159,7 +170,11 @@ class Accelerator:
 
     @property
     def local_process_index(self) -> int:
-        """Rank of this process on its machine: ``>>> Accelerator(cpu=True).local_process_index`` gives ``0``."""
+        """Rank of this process on its machine.
+
+        >>> Accelerator(cpu=True).local_process_index
+        0
+        """
         return self.process.local_rank
 
     @property
@@ -183,12 +198,20 @@ class Accelerator:
 
     @property
     def is_local_main_process(self) -> bool:
-        """True on local rank 0 (one process per machine): ``>>> Accelerator(cpu=True).is_local_main_process``."""
+        """True on local rank 0 (one process per machine).
+
+        >>> Accelerator(cpu=True).is_local_main_process
+        True
+        """
         return self.process.local_rank == 0
 
     @property
     def is_last_process(self) -> bool:
-        """True on the highest global rank: ``>>> Accelerator(cpu=True).is_last_process`` gives ``True``."""
+        """True on the highest global rank.
+
+        >>> Accelerator(cpu=True).is_last_process
+        True
+        """
         return self.process.rank == self.process.world_size - 1
 
     @property
@@ -224,6 +247,15 @@ class Accelerator:
         return ACCELERATE_PRECISION.get(self.precision.name, "no")
 
     @property
+    def state(self) -> AcceleratorState:
+        """Accelerate's ``accelerator.state``: the process facts, device and precision in one read-only view.
+
+        >>> Accelerator(cpu=True).state.num_processes, Accelerator(cpu=True).state.distributed_type
+        (1, <DistributedType.NO: 'NO'>)
+        """
+        return AcceleratorState.of(self)
+
+    @property
     def sync_gradients(self) -> bool:
         """True when the current micro-step ends an accumulation window (the optimizer will step).
 
@@ -245,6 +277,14 @@ class Accelerator:
         4
         """
         return self.gradient_state.accumulation_steps
+
+    @gradient_accumulation_steps.setter
+    def gradient_accumulation_steps(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            from ember._errors import EmberConfigError
+
+            raise EmberConfigError(f"gradient_accumulation_steps={value!r} must be an integer >= 1.")
+        self.gradient_state.accumulation_steps = value
 
     @property
     def step(self) -> int:
@@ -339,69 +379,20 @@ class Accelerator:
 
     def _announce(self) -> None:
         if self.verbose and not self._announced and self._notes and self.is_local_main_process:
-            info("; ".join(dict.fromkeys(self._notes)))  # each change said once
+            notes = sorted(dict.fromkeys(self._notes), key=lambda n: not n.startswith("model"))  # the model first
+            info("; ".join(notes))  # each change said once
             self._announced = True
 
-    def prepare_model(self, model: torch.nn.Module, device_placement: bool | None = None) -> torch.nn.Module:
-        """Convert ``model`` to the precision, move it to the device and wrap it for the strategy.
-
-        >>> accelerator = Accelerator(cpu=True, verbose=False)
-        >>> model = accelerator.prepare_model(torch.nn.Linear(2, 1))
-        >>> model.weight.device, accelerator.unwrap_model(model) is model
-        (device(type='cpu'), True)
-        """
-        placement = self.device_placement if device_placement is None else device_placement
-        return self._objects.setup_model(model, placement, [])[0]
-
-    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> AcceleratedOptimizer:
-        """Wrap ``optimizer`` so ``step``/``zero_grad`` follow accumulation, precision and skipping.
-
-        >>> accelerator = Accelerator(cpu=True, verbose=False)
-        >>> model = accelerator.prepare_model(torch.nn.Linear(2, 1))
-        >>> optimizer = accelerator.prepare_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
-        >>> type(optimizer).__name__, optimizer.param_groups[0]["lr"]
-        ('AcceleratedOptimizer', 0.1)
-        """
-        return self._objects.models_with_optimizers([], [optimizer])[1][id(optimizer)]
-
-    def prepare_scheduler(self, scheduler: Any) -> AcceleratedScheduler:
-        """Wrap ``scheduler`` so it steps once per real optimizer step (prepare its optimizer first).
-
-        >>> accelerator = Accelerator(cpu=True, verbose=False)
-        >>> model = torch.nn.Linear(2, 1)
-        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        >>> scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-        >>> optimizer = accelerator.prepare_optimizer(optimizer)
-        >>> scheduler = accelerator.prepare_scheduler(scheduler)
-        >>> model(torch.ones(1, 2)).sum().backward(); optimizer.step(); scheduler.step()
-        >>> scheduler.get_last_lr()
-        [0.05]
-        """
-        return self._objects.scheduler(scheduler)
-
-    def prepare_data_loader(
-        self, dataloader: DataLoader[Any], device_placement: bool | None = None, *, track_state: bool = True
-    ) -> DeviceLoader:
-        """Shard ``dataloader`` across the data-parallel processes and move its batches to the device.
-
-        ``track_state=False`` leaves the loader out of :meth:`save_state` / :meth:`load_state` (evaluation
-        loaders that always restart from their beginning), so checkpoints hold only the loaders to resume.
-
-        >>> from torch.utils.data import DataLoader
-        >>> accelerator = Accelerator(cpu=True, verbose=False)
-        >>> loader = accelerator.prepare_data_loader(DataLoader(torch.arange(6.0), batch_size=4))
-        >>> [batch.tolist() for batch in loader]
-        [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0]]
-        """
-        placement = self.device_placement if device_placement is None else device_placement
-        loader = self.data_preparer.prepare(dataloader, placement, self._notes)
-        if track_state:
-            self.prepared.dataloaders.append(loader)
-        return loader
     # ------------------------------------------------------------------------------------------------
     # the verbs, one line each; their examples live beside their code
     # ------------------------------------------------------------------------------------------------
+    prepare_model = _objects.prepare_model
+    prepare_optimizer = _objects.prepare_optimizer
+    prepare_scheduler = _objects.prepare_scheduler
+    prepare_data_loader = _objects.prepare_data_loader
     init_module = _objects.init_module
+    optimizer_steps = _objects.optimizer_steps
+    profile = _profile.profile
     # the step: ember._stepping
     backward = _stepping.backward
     accumulate = _stepping.accumulate
@@ -420,6 +411,12 @@ class Accelerator:
     main_process_first = _collectives.main_process_first
     local_main_process_first = _collectives.local_main_process_first
     split_between_processes = _collectives.split_between_processes
+    on_main_process = _collectives.on_main_process
+    on_local_main_process = _collectives.on_local_main_process
+    on_last_process = _collectives.on_last_process
+    on_process = _collectives.on_process
+    set_trigger = _collectives.set_trigger
+    check_trigger = _collectives.check_trigger
     # faults: ember.faults (docs/faults.md)
     preempted = faults.preempted
     exit_preempted = faults.exit_preempted
@@ -428,6 +425,7 @@ class Accelerator:
     save_model = _state.save_model
     register_for_checkpointing = _state.register_for_checkpointing
     save_state = _state.save_state
+    save = _state.save
     load_state = _state.load_state
     # trackers: ember._tracking
     init_trackers = _tracking.init_trackers
