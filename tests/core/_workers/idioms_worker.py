@@ -36,7 +36,7 @@ def main(out: Path) -> None:
     torch.manual_seed(accelerator.process_index)  # different data per rank
     drift = []
     with LocalSGD(accelerator=accelerator, model=model, local_sgd_steps=3, enabled=True) as local_sgd:
-        for step in range(6):
+        for _ in range(6):
             x = torch.randn(8, 4)
             loss = F.mse_loss(model(x), x.sum(-1, keepdim=True))
             accelerator.backward(loss)
