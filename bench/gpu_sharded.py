@@ -1,0 +1,219 @@
+"""Sharded strategies on the GPUs of one machine: a raw FSDP2 loop vs ember's FSDP (Accelerator and Trainer) vs
+ember's DeepSpeed ZeRO-2, GPT ~350M (24 layers, d=1024) in bf16, interleaved in the same call.
+
+    python bench/gpu_sharded.py --repeats 2                 # 1 GPU (world size 1)
+    python bench/gpu_sharded.py --repeats 2 --nproc 2       # more GPUs, when a machine has them
+
+Every run is a fresh process (``torchrun`` for raw, ``ember launch`` for ember). Reported per mode: tokens/s
+(median of the repeats, after warm-up steps) and peak GPU memory per GPU (``torch.cuda.max_memory_allocated``).
+The raw loop is what torchtitan does: ``fully_shard`` per block, then the root, ``MixedPrecisionPolicy(bf16,
+float32 reduce)``, fused AdamW, no autocast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+MODES = ("raw_fsdp2", "ember_fsdp", "ember_fsdp_trainer", "ember_zero2")
+
+
+def _config() -> Any:
+    from _gpt import Config
+
+    return Config(n_layer=24, n_embd=1024, n_head=16, block_size=1024)
+
+
+def _data(args: argparse.Namespace, world: int) -> Any:
+    from _gpt import RandomTokens
+
+    return RandomTokens(args.batch * world * (args.warmup + args.steps), _config())
+
+
+def raw_fsdp2(args: argparse.Namespace) -> tuple[float, int]:
+    import torch
+    import torch.distributed as dist
+    from _gpt import GPT, Block
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    dist.init_process_group("nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    torch.cuda.set_device(device)
+    torch.manual_seed(0)
+    model = GPT(_config())
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in model.blocks:
+        assert isinstance(block, Block)
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
+    ds = _data(args, world)
+    sampler = torch.utils.data.DistributedSampler(ds, shuffle=True, seed=0)
+    dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, sampler=sampler, pin_memory=True, num_workers=2)
+    start = 0.0
+    for i, (x, y) in enumerate(dl):
+        if i == args.warmup:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    dist.destroy_process_group()
+    return elapsed, rank
+
+
+def _ember_strategy(kind: str) -> Any:
+    from _gpt import Block
+
+    if kind == "zero2":
+        return "deepspeed_stage_2"
+    from ember.strategies import FSDPStrategy
+
+    return FSDPStrategy(auto_wrap_policy={Block})
+
+
+def ember_accelerator(args: argparse.Namespace, kind: str) -> tuple[float, int]:
+    import torch
+    from _gpt import GPT
+
+    from ember import Accelerator
+
+    acc = Accelerator(mixed_precision="bf16", strategy=_ember_strategy(kind), seed=0, verbose=False)
+    torch.manual_seed(0)
+    model = GPT(_config())
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=kind != "zero2")
+    dl = torch.utils.data.DataLoader(_data(args, acc.num_processes), batch_size=args.batch, shuffle=True,
+                                     num_workers=2)
+    model, opt, dl = acc.prepare(model, opt, dl)
+    start = 0.0
+    for i, (x, y) in enumerate(dl):
+        if i == args.warmup:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        loss = model(x, y)
+        acc.backward(loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    rank = acc.process_index
+    acc.end_training()
+    return elapsed, rank
+
+
+def ember_trainer(args: argparse.Namespace) -> tuple[float, int]:
+    import torch
+    from _gpt import GPT
+
+    import ember as L
+    from ember.callbacks import Callback
+
+    marks: list[float] = []
+
+    class Clock(Callback):
+        def on_train_batch_start(self, trainer: Any, *rest: Any) -> None:
+            if trainer.global_step == args.warmup and not marks:
+                torch.cuda.synchronize()
+                marks.append(time.perf_counter())
+
+    class LM(L.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.gpt = GPT(_config())
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return self.gpt(*batch)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW(self.parameters(), lr=3e-4, fused=True)
+
+    trainer = L.Trainer(accelerator="gpu", strategy=_ember_strategy("fsdp"), precision="bf16-mixed",
+                        max_steps=args.warmup + args.steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()])
+    world = trainer.world_size
+    dl = torch.utils.data.DataLoader(_data(args, world), batch_size=args.batch, shuffle=True, num_workers=2)
+    trainer.fit(LM(), dl)
+    torch.cuda.synchronize()
+    return time.perf_counter() - marks[0], trainer.global_rank
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    run = {"raw_fsdp2": lambda: raw_fsdp2(args), "ember_fsdp": lambda: ember_accelerator(args, "fsdp"),
+           "ember_fsdp_trainer": lambda: ember_trainer(args), "ember_zero2": lambda: ember_accelerator(args, "zero2")}
+    elapsed, rank = run[args.worker]()
+    if rank == 0:
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        tokens = args.steps * args.batch * world * _config().block_size
+        print("RESULT " + json.dumps({"mode": args.worker, "tokens_per_s": tokens / elapsed,
+                                      "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "world": world}),
+              flush=True)
+
+
+def launch(mode: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    flags = ["--worker", mode, "--batch", str(args.batch), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+    if mode == "raw_fsdp2":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+    else:
+        cmd = [sys.executable, "-m", "ember.cli", "launch", "--num_processes", str(args.nproc)]
+    out = subprocess.run([*cmd, __file__, *flags, *extra], capture_output=True, text=True, timeout=900)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return dict(json.loads(line[7:]))
+    raise RuntimeError(f"{mode} failed:\n{out.stdout[-3000:]}\n{out.stderr[-4000:]}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--worker", choices=MODES)
+    args, extra = p.parse_known_args()
+    if args.worker:
+        worker(args)
+        return
+    modes = args.modes.split(",")
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    for _ in range(args.repeats):
+        for mode in modes:
+            try:
+                r = launch(mode, args, extra)
+            except Exception as err:  # report and go on: one failing mode must not lose the other numbers
+                print(f"{mode}: {err}", file=sys.stderr, flush=True)
+                continue
+            results[mode].append(r)
+            print(json.dumps(r), flush=True)
+    base = statistics.median(r["tokens_per_s"] for r in results["raw_fsdp2"]) if results.get("raw_fsdp2") else None
+    base_mem = statistics.median(r["peak_gib"] for r in results["raw_fsdp2"]) if results.get("raw_fsdp2") else None
+    print(f"\n| GPT ~350M, bf16, {args.nproc} GPU(s), batch {args.batch}x1024 | tokens/s (median of {args.repeats}) "
+          "| vs raw FSDP2 | peak GiB/GPU | vs raw |\n|---|---:|---:|---:|---:|")
+    for mode in modes:
+        if results[mode]:
+            tps = statistics.median(r["tokens_per_s"] for r in results[mode])
+            mem = statistics.median(r["peak_gib"] for r in results[mode])
+            vs = f"{tps / base:.3f}×" if base else "–"
+            dm = f"{mem - base_mem:+.2f}" if base_mem is not None else "–"
+            print(f"| {mode} | {tps:,.0f} | {vs} | {mem:.2f} | {dm} |")
+
+
+if __name__ == "__main__":
+    main()
