@@ -42,8 +42,9 @@ def _data(args: argparse.Namespace, world: int) -> Any:
 def raw_fsdp2(args: argparse.Namespace) -> tuple[float, int]:
     import torch
     import torch.distributed as dist
-    from _gpt import GPT, Block
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from _gpt import GPT, Block
 
     dist.init_process_group("nccl")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -87,8 +88,8 @@ def _ember_strategy(kind: str) -> Any:
 
 def ember_accelerator(args: argparse.Namespace, kind: str) -> tuple[float, int]:
     import torch
-    from _gpt import GPT
 
+    from _gpt import GPT
     from ember import Accelerator
 
     acc = Accelerator(mixed_precision="bf16", strategy=_ember_strategy(kind), seed=0, verbose=False)
@@ -116,9 +117,9 @@ def ember_accelerator(args: argparse.Namespace, kind: str) -> tuple[float, int]:
 
 def ember_trainer(args: argparse.Namespace) -> tuple[float, int]:
     import torch
-    from _gpt import GPT
 
     import ember as L
+    from _gpt import GPT
     from ember.callbacks import Callback
 
     marks: list[float] = []
