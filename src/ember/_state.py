@@ -268,8 +268,8 @@ def _restore_rank_state(acc: Accelerator, state: dict[str, Any], saved_world: in
     if state.get("sampler_seed") is not None:
         acc._data._sampler_seed = int(state["sampler_seed"])
         for loader in acc._dataloaders:
-            if loader.sampler is not None:
-                loader.sampler.seed = int(state["sampler_seed"])
+            if loader.seed is not None:
+                loader.set_seed(int(state["sampler_seed"]))
     for loader, saved in zip(acc._dataloaders, state["loaders"]):
         loader.load_state_dict(saved)
     set_rng_state(state["rng"], acc.device)

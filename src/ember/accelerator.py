@@ -36,7 +36,7 @@ from ember._handlers import resolve_handlers
 from ember._prepare import DataPreparer, check_prepare_args, is_scheduler
 from ember._seed import set_seed
 from ember._stepping import AcceleratedOptimizer, AcceleratedScheduler, GradientState, Stepper
-from ember.data import DeviceLoader
+from ember.data import DeviceLoader, skip_first_batches
 from ember.precision import Precision, resolve_precision
 from ember.strategies import Strategy, resolve_strategy
 
@@ -458,6 +458,17 @@ class Accelerator:
         if track_state:
             self._dataloaders.append(loader)
         return loader
+
+    def skip_first_batches(self, dataloader: Any, num_batches: int = 0) -> Any:
+        """Start the loader's epoch at batch ``num_batches`` of it: :func:`ember.data.skip_first_batches`.
+
+        >>> from torch.utils.data import DataLoader
+        >>> accelerator = Accelerator(cpu=True, verbose=False)
+        >>> loader = accelerator.prepare(DataLoader(torch.arange(6), batch_size=2))
+        >>> [batch.tolist() for batch in accelerator.skip_first_batches(loader, 2)]
+        [[4, 5]]
+        """
+        return skip_first_batches(dataloader, num_batches)
 
     # ------------------------------------------------------------------------------------------------
     # the step
