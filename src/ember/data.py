@@ -278,10 +278,10 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def _count(value: Any, what: str) -> int:
-    """``value`` as an int >= 0, or an error naming ``what``."""
+def _count(value: Any, call: str, name: str) -> int:
+    """``value`` as an int >= 0, or an error naming the argument ``name`` of ``call``."""
     if isinstance(value, bool) or not hasattr(value, "__index__") or operator.index(value) < 0:
-        raise EmberConfigError(f"{what}={value!r}: expected an int >= 0.")
+        raise EmberConfigError(f"{call}({name}={value!r}): expected an int >= 0.")
     return operator.index(value)
 
 
@@ -377,7 +377,7 @@ class DeviceLoader:
 
     def seek(self, epoch: int, batch: int = 0) -> None:
         """The next ``iter()`` runs ``epoch`` from its batch ``batch`` (counted from the epoch's start), once."""
-        self.state = LoaderState(_count(epoch, "seek(epoch"), _count(batch, "seek(batch"))
+        self.state = LoaderState(_count(epoch, "seek", "epoch"), _count(batch, "seek", "batch"))
         self._resume = True
         self._iteration += 1
 
@@ -525,10 +525,10 @@ def skip_first_batches(dataloader: Any, num_batches: int = 0) -> Any:
     >>> len(loader), [b.tolist() for b in loader][:2]  # the next epoch is whole again
     (5, [[0, 1], [2, 3]])
     """
-    skip = _count(num_batches, "skip_first_batches(num_batches")
+    skip = _count(num_batches, "skip_first_batches", "num_batches")
     if isinstance(dataloader, DeviceLoader):
         epoch, _ = dataloader._next_start()
-        per_epoch = dataloader.batches_per_epoch if dataset_length(dataloader.base_dataloader) is not None else None
+        per_epoch = None if isinstance(dataloader.dataset, IterableDataset) else dataloader.batches_per_epoch
         if per_epoch is not None and skip > per_epoch:
             raise EmberConfigError(
                 f"skip_first_batches(num_batches={skip}): an epoch of this loader has {per_epoch} batches on this "
