@@ -189,7 +189,8 @@ def splits_itself(dataset: Any) -> frozenset[str]:
        across processes, and ``()`` to have ember split it by both.
     2. A Hugging Face ``datasets.IterableDataset`` (it has ``n_shards``) splits by worker, and by rank as well
        once ``datasets.distributed.split_dataset_by_node`` was applied to it.
-    3. Anything else splits by nothing: ember splits it by (rank, worker).
+    3. Anything else splits by nothing: ember splits it by (rank, worker). Each worker then still reads the whole
+       stream and keeps its share: a dataset that can read only its own share should split itself, and say so.
 
     >>> class Files(IterableDataset):
     ...     sharded_by = ("worker",)  # its __iter__ reads only this worker's files
