@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Accelerator": "ember.accelerator",
     "set_seed": "ember._seed",
+    "skip_first_batches": "ember.data",
     "DistributedDataParallelKwargs": "ember._handlers",
     "InitProcessGroupKwargs": "ember._handlers",
     "GradScalerKwargs": "ember._handlers",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from ember._seed import set_seed
     from ember.accelerator import Accelerator
     from ember.callbacks.base import Callback
+    from ember.data import skip_first_batches
     from ember.precision import Precision
     from ember.strategies._fsdp_config import FullyShardedDataParallelPlugin
     from ember.strategies.base import Strategy

@@ -229,7 +229,7 @@ def optimizer_steps(self: Accelerator, dataloader: Any, epochs: int = 1) -> int:
 
     world = self.strategy.topology.dp_size
     if isinstance(dataloader, DeviceLoader):
-        batches = len(dataloader.base_dataloader)  # this process's share of an epoch
+        batches = dataloader.batches_per_epoch  # this process's share of a whole epoch
     elif world == 1:
         batches = len(dataloader)
     else:  # what prepare() will give each process: whole rounds of world x batch (the last one padded or dropped)

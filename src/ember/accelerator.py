@@ -36,6 +36,7 @@ from ember._objects import ObjectPreparer, Prepared, check_prepare_args, is_sche
 from ember._prepare import DataPreparer
 from ember._seed import set_seed
 from ember._stepping import AcceleratedOptimizer, GradientState, Stepper
+from ember.data import skip_first_batches
 from ember.precision import Precision
 from ember.strategies import Strategy
 
@@ -382,6 +383,17 @@ class Accelerator:
             notes = sorted(dict.fromkeys(self._notes), key=lambda n: not n.startswith("model"))  # the model first
             info("; ".join(notes))  # each change said once
             self._announced = True
+
+    def skip_first_batches(self, dataloader: Any, num_batches: int = 0) -> Any:
+        """Start the loader's epoch at batch ``num_batches`` of it: :func:`ember.data.skip_first_batches`.
+
+        >>> from torch.utils.data import DataLoader
+        >>> accelerator = Accelerator(cpu=True, verbose=False)
+        >>> loader = accelerator.prepare(DataLoader(torch.arange(6), batch_size=2))
+        >>> [batch.tolist() for batch in accelerator.skip_first_batches(loader, 2)]
+        [[4, 5]]
+        """
+        return skip_first_batches(dataloader, num_batches)
 
     # ------------------------------------------------------------------------------------------------
     # the verbs, one line each; their examples live beside their code
