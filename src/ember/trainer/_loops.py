@@ -110,9 +110,25 @@ def train_batch(t: Trainer, batch: Any, batch_idx: int, is_last: bool) -> bool:
 
 
 def automatic_step(t: Trainer, batch: Any, batch_idx: int) -> Any:
+    """training_step → backward → at a window boundary the optimizer step.
+
+    ``training_step`` returning None skips the batch's backward, as in Lightning: at a window boundary the window
+    still steps with the gradients its other micro-batches accumulated (each was scaled by 1/K, so the skipped
+    one simply adds nothing) and zero_grad runs, so nothing leaks into the next window; a window in which every
+    micro-batch was skipped has no gradients and is dropped (no optimizer or scheduler step). With several
+    processes a skip is refused, as Lightning does: DDP needs every rank's backward.
+    """
     output = run_step(t, "training_step", batch, batch_idx)
     loss = training_loss(output)
     if loss is None:
+        if t.world_size > 1:
+            raise EmberConfigError(
+                f"training_step returned None (skip the batch) at batch {batch_idx} in a {t.world_size}-process run: "
+                "every process must run backward for DDP's gradient sync. Return a loss on every rank (e.g. "
+                "loss * 0 for a batch to ignore)."
+            )
+        if t.accelerator.sync_gradients and t._loop.window_has_grads:
+            optimizer_step(t, batch_idx)
         return None
     backward(t, loss)
     if t.accelerator.sync_gradients:
@@ -133,9 +149,11 @@ def optimizer_step(t: Trainer, batch_idx: int) -> None:
     step_schedulers(t, "step", plateau=False)
     hooks.call("on_before_zero_grad", optimizer)
     hooks.module("optimizer_zero_grad", t.current_epoch, batch_idx, optimizer, force=True)
+    t._loop.window_has_grads = False
 
 
 def backward(t: Trainer, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+    t._loop.window_has_grads = True
     t._hooks.call("on_before_backward", loss)
     t._hooks.module("backward", loss, *args, force=True, **kwargs)
     t._hooks.call("on_after_backward")

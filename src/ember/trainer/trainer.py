@@ -188,7 +188,9 @@ class Trainer:
             if self._accelerator.process.world_size > 1:  # test/predict may follow fit: close at exit
                 atexit.register(_shutdown, weakref.ref(self), self._accelerator.strategy)
         device = self._accelerator.device if self._accelerator is not None else torch.device("cpu")
-        self._metrics = MetricsHub(self._reduce, device)
+        multi = self._accelerator is not None and self._accelerator.num_processes > 1
+        self._metrics = MetricsHub(self._reduce, device, agree=self._agree_on_names if multi else None,
+                                   warn_unsynced=multi and self.is_global_zero)
         self.callbacks: list[Callback] = _setup.build_callbacks(
             self, callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary
         )
@@ -438,6 +440,13 @@ class Trainer:
 
     def _module_optimizers(self) -> list[Any]:
         return self._manual_optimizers or list(self._optimizers)
+
+    def _agree_on_names(self, names: list[str]) -> None:
+        from ember._collectives import gather_objects
+        from ember.trainer.logging import agree_on_names
+
+        acc = self.accelerator
+        agree_on_names(names, self._reduce, lambda mine: gather_objects(acc.strategy, [mine]), acc.device)
 
     def _reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
         if self._accelerator is None:
