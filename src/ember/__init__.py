@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Accelerator": "ember.accelerator",
     "set_seed": "ember._seed",
+    "seed_everything": "ember.trainer.seed",
     "DistributedDataParallelKwargs": "ember._handlers",
     "InitProcessGroupKwargs": "ember._handlers",
     "GradScalerKwargs": "ember._handlers",
@@ -27,6 +28,8 @@ _EXPORTS: dict[str, str] = {
     "ProcessInfo": "ember._env",
     "Module": "ember.trainer.module",
     "LightningModule": "ember.trainer.module",
+    "DataModule": "ember.trainer.datamodule",
+    "LightningDataModule": "ember.trainer.datamodule",
     "Trainer": "ember.trainer.trainer",
     "Callback": "ember.callbacks.base",
 }
@@ -45,7 +48,9 @@ if TYPE_CHECKING:
     from ember.precision import Precision
     from ember.strategies.base import SingleDeviceStrategy, Strategy
     from ember.strategies.ddp import DDPStrategy
+    from ember.trainer.datamodule import DataModule, LightningDataModule
     from ember.trainer.module import LightningModule, Module
+    from ember.trainer.seed import seed_everything
     from ember.trainer.trainer import Trainer
 
 

@@ -41,6 +41,21 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+def _is_data(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str, os.PathLike)):
+        return True
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_data(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_is_data(v) for v in value)
+    return False
+
+
+def not_data(hparams: Mapping[str, Any]) -> list[str]:
+    """Hyperparameters that :func:`plain` can only store as their ``str`` (modules, callables, other objects)."""
+    return sorted(k for k, v in hparams.items() if not _is_data(v))
+
+
 def trainer_state(t: Trainer) -> dict[str, Any]:
     loop = t._loop.state_dict()
     finite = t.num_training_batches != math.inf
@@ -50,7 +65,12 @@ def trainer_state(t: Trainer) -> dict[str, Any]:
         "callbacks": {cb.state_key: cb.state_dict() for cb in t.callbacks},
         "loggers": [logger.state_dict() for logger in t.loggers],
         "hparams": plain(dict(t._module.hparams)) if t._module is not None else {},
+        "hparams_not_data": not_data(dict(t._module.hparams)) if t._module is not None else [],
     }
+    saver = getattr(t._datamodule, "state_dict", None)
+    datamodule_state = saver() if callable(saver) else None
+    if datamodule_state:
+        state["datamodule"] = datamodule_state
     t._hooks.callbacks("on_save_checkpoint", state)
     t._hooks.module("on_save_checkpoint", state)
     return state
@@ -171,6 +191,9 @@ def restore(t: Trainer, ckpt_path: str | os.PathLike[str] | None, loggers: bool 
             cb.load_state_dict(saved_callbacks[cb.state_key])
     if loggers:
         _restore_loggers(t, state.get("loggers", []))
+    loader = getattr(t._datamodule, "load_state_dict", None)
+    if "datamodule" in state and callable(loader):
+        loader(state["datamodule"])
     t._hooks.callbacks("on_load_checkpoint", state)
     t._hooks.module("on_load_checkpoint", state)
 

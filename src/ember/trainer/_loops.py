@@ -50,6 +50,7 @@ def train_epoch(t: Trainer) -> None:
     try:
         for batch in iterator:
             is_last = loader.end_of_dataloader or loop.batch_idx + 1 >= t.num_training_batches
+            loop.is_last_batch = is_last
             with t.profiler.profile("run_training_batch"):
                 keep_going = train_batch(t, batch, loop.batch_idx, is_last)
             if not keep_going:
@@ -188,7 +189,7 @@ def start_epoch(t: Trainer, loader: DeviceLoader) -> None:
         loop.batch_idx = 0
     else:
         loop.batch_idx, loop.resume_batches = loop.resume_batches, None
-    loop.epoch_finished = False
+    loop.epoch_finished = loop.is_last_batch = False
     t._metrics.train.reset()
     t._metrics.active, t.state.stage = t._metrics.train, "train"
     t._hooks.call("on_train_epoch_start")

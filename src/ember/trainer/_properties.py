@@ -75,6 +75,11 @@ class TrainerProperties:
         return self._accelerator.step if self._accelerator is not None else 0
 
     @property
+    def is_last_batch(self) -> bool:
+        """True while the last training batch of the epoch runs (the limit, or the loader's end), as Lightning."""
+        return self._loop.is_last_batch
+
+    @property
     def current_epoch(self) -> int:
         return self._loop.epoch
 

@@ -370,6 +370,12 @@ class MetricsHub:
         self._warn_unsynced = warn_unsynced  # several processes, global rank 0: say once per unsynced epoch value
         self._warned: set[str] = set()
 
+    def reset_metrics(self) -> None:
+        """Empty ``callback_metrics``, ``logged_metrics`` and ``progress_bar_metrics`` (a new fit/validate/...)."""
+        self.callback_metrics.clear()
+        self.logged_metrics.clear()
+        self.progress_bar_metrics.clear()
+
     def log(self, fx: str | None, name: str, value: Any, **kw: Any) -> None:
         store = self.active
         if store is None:

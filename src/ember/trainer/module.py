@@ -43,51 +43,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ember.trainer._hparams import AttributeDict, hparams_from_call
+
 if TYPE_CHECKING:
     from ember.callbacks.base import Callback
     from ember.trainer.trainer import Trainer
 
 __all__ = ["AttributeDict", "LightningModule", "Module"]
-
-
-class AttributeDict(dict[str, Any]):
-    """A dict whose keys are also attributes: ``hparams.lr`` is ``hparams["lr"]``.
-
-    >>> AttributeDict(lr=0.1).lr
-    0.1
-    """
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError as err:
-            raise AttributeError(f"hparams has no {key!r}; saved: {sorted(self)}") from err
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
-
-    def __delattr__(self, key: str) -> None:
-        del self[key]
-
-
-def _init_args(frame: types.FrameType) -> dict[str, Any]:
-    info = inspect.getargvalues(frame)
-    values = {name: info.locals[name] for name in info.args if name != "self" and name in info.locals}
-    if info.keywords and isinstance(info.locals.get(info.keywords), Mapping):
-        values.update(info.locals[info.keywords])
-    return values
-
-
-def _collect_init_args(frame: types.FrameType | None, owner: object) -> dict[str, Any]:
-    """Arguments of every ``__init__`` on the stack that belongs to ``owner`` (outer classes win, as Lightning)."""
-    frames: list[dict[str, Any]] = []
-    while frame is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is owner:
-        frames.append(_init_args(frame))
-        frame = frame.f_back
-    merged: dict[str, Any] = {}
-    for args in frames:
-        merged.update(args)
-    return merged
 
 
 class Module(torch.nn.Module):
@@ -211,19 +173,7 @@ class Module(torch.nn.Module):
         if frame is None:
             current = inspect.currentframe()
             frame = current.f_back if current is not None else None
-        if len(args) == 1 and not isinstance(args[0], str):
-            given = args[0]
-            values = dict(vars(given) if hasattr(given, "__dict__") and not isinstance(given, Mapping) else given)
-        else:
-            values = _collect_init_args(frame, self)
-            if args:
-                missing = [name for name in args if name not in values]
-                if missing:
-                    raise ValueError(f"save_hyperparameters{args}: {missing} are not arguments of __init__.")
-                values = {name: values[name] for name in args}
-        ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
-        values = {k: v for k, v in values.items() if k not in ignored and not k.startswith("_")}
-        self.hparams.update(values)
+        self.hparams.update(hparams_from_call(self, args, ignore, frame))
         self.__dict__["_log_hyperparams"] = logger
 
     # --------------------------------------------------------------------------------------------
@@ -538,14 +488,15 @@ class Module(torch.nn.Module):
         cls,
         model: torch.nn.Module,
         optimizer: Callable[[Iterator[torch.nn.Parameter]], torch.optim.Optimizer] | torch.optim.Optimizer,
-        lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        lr_scheduler: Callable[[torch.optim.Optimizer], Any] | Any = None,
         lr_scheduler_interval: str = "step",
     ) -> Module:
         """Train a plain ``nn.Module`` (e.g. a Hugging Face model) whose forward returns a loss or ``.loss``.
 
         ``optimizer`` is a factory called with the parameters (``lambda p: AdamW(p, lr=1e-4)``,
         ``functools.partial(AdamW, lr=1e-4)``) or an optimizer already built on ``model.parameters()``;
-        ``lr_scheduler`` a factory called with the optimizer, stepped every optimizer step by default.
+        ``lr_scheduler`` a factory called with the optimizer, or a scheduler already built on that optimizer;
+        it steps every optimizer step by default (``lr_scheduler_interval="epoch"``: every epoch).
 
         >>> import torch, ember as L
         >>> class Net(torch.nn.Module):

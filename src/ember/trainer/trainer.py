@@ -51,6 +51,7 @@ continues exactly. ``nonfinite="skip"|"halt"`` guards each optimizer step agains
 from __future__ import annotations
 
 import atexit
+import datetime
 import gc
 import math
 import os
@@ -88,7 +89,9 @@ class Trainer(TrainerProperties):
     Unknown arguments and strings fail here, before any process group, model or data work, with a
     "did you mean". ``max_epochs`` defaults to 1000 when neither ``max_epochs`` nor ``max_steps`` is given.
     ``logger=True`` writes TensorBoard files (CSV when tensorboard is not installed) under
-    ``default_root_dir`` (default ``./runs``, as the Accelerator's ``project_dir``).
+    ``default_root_dir`` (default ``./runs``, as the Accelerator's ``project_dir``). ``timeout`` (seconds or a
+    ``timedelta``) is the collective timeout of the process group, as ``Accelerator(timeout=...)``: a stalled rank
+    makes its peers fail after that long (see docs/faults.md).
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class Trainer(TrainerProperties):
         seed: int | None = None,
         handle_signals: bool | Sequence[int | str] = False,
         nonfinite: str = "off",
+        timeout: float | datetime.timedelta | None = None,
         **unknown: Any,
     ) -> None:
         cfg.check_unknown(unknown)
@@ -182,7 +186,7 @@ class Trainer(TrainerProperties):
             self._accelerator = Accelerator(
                 mixed_precision=self._precision_flag, strategy=self._strategy_flag, accelerator=kind,
                 gradient_accumulation_steps=self._accumulate, seed=seed, project_dir=self.default_root_dir,
-                handle_signals=handle_signals, nonfinite=nonfinite,
+                handle_signals=handle_signals, nonfinite=nonfinite, timeout=cfg.check_timeout(timeout),
             )
             _setup.apply_backend_flags(deterministic, benchmark)
             if self._accelerator.process.world_size > 1:  # test/predict may follow fit: close at exit
@@ -198,6 +202,10 @@ class Trainer(TrainerProperties):
         self.profiler: Profiler = _setup.build_profiler(profiler)
         self._profiling = profiler is not None
         self._init_state()
+        if self.fast_dev_run and self._accelerator is not None and self.is_global_zero:
+            n = self.fast_dev_run
+            print(f"[ember] fast_dev_run={n}: a quick check with {n} batch(es) per loop, 1 epoch and no sanity check; "
+                  "logging (no logger writes) and checkpointing (no checkpoint is saved) are off.", flush=True)
 
     def _init_state(self) -> None:
         """What a run fills in: the module, prepared objects, loop counters, status."""
@@ -360,6 +368,7 @@ class Trainer(TrainerProperties):
 
     def _run(self, stage: str, module: Module, body: Callable[[], None]) -> None:
         self.state = TrainerState(fn=stage, stage=stage if stage != "fit" else "train", status="running")
+        self._metrics.reset_metrics()  # each entry point starts with empty metric dicts, as in Lightning
         self._module = module
         module.trainer = self
         self._hooks.reset()
