@@ -26,6 +26,7 @@ import torch
 
 from ember import checkpoint as ckpt
 from ember import faults
+from ember._collectives import gather_objects
 from ember._errors import EmberConfigError
 
 if TYPE_CHECKING:
@@ -63,6 +64,11 @@ def _names(prefix: str, items: list[Any]) -> list[str]:
     return [prefix if i == 0 else f"{prefix}_{i}" for i in range(len(items))]
 
 
+def _notice(text: str | None) -> None:
+    if text:
+        print(text, flush=True)
+
+
 def _check_target(final: Path) -> None:
     if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not (final / "manifest.json").exists())):
         raise EmberConfigError(
@@ -89,6 +95,8 @@ def save_state(
     error: BaseException | None = None
     if acc.is_main_process:
         try:
+            if auto:  # ember's own folder: an uncommitted leftover of a crashed save is moved aside, kept
+                _notice(ckpt.move_aside_damaged(final))
             _check_target(final)
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.begin(final)
@@ -186,14 +194,11 @@ def _agree(acc: Accelerator, error: BaseException | None, what: str, cleanup: Pa
         failed = [rank for rank, bad in enumerate(flags) if bad]
     if not failed:
         return
+    report = ckpt.failure_report(error)  # every rank learns every failing rank's cause, and raises the real one
+    reports = gather_objects(acc.strategy, [report]) if acc.strategy.is_distributed else [report]
     if cleanup is not None and acc.is_main_process:
         shutil.rmtree(cleanup, ignore_errors=True)
-    if error is not None:
-        raise error
-    raise ckpt.CheckpointError(
-        f"{what} failed on rank(s) {failed} (their error is printed in their output). Nothing was committed and "
-        "the previous checkpoints are untouched."
-    )
+    raise ckpt.collective_error(what, error, reports)
 
 
 def load_state(acc: Accelerator, input_dir: Path | None, *, check_hashes: bool = True) -> Path | None:
@@ -202,6 +207,8 @@ def load_state(acc: Accelerator, input_dir: Path | None, *, check_hashes: bool =
     if acc.is_main_process:
         try:
             chosen = input_dir if input_dir is not None else ckpt.find_latest(checkpoint_root(acc))
+            if input_dir is None:  # say which newer checkpoints were skipped, and why
+                _notice(ckpt.describe_fallback([checkpoint_root(acc)], chosen))
             if chosen is not None:
                 ckpt.verify(chosen, check_hashes=check_hashes)
         except ckpt.CheckpointError as exc:

@@ -843,7 +843,7 @@ class Accelerator:
         >>> model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
         >>> path = accelerator.save_state(keep_last=2)
         >>> path.name, sorted(os.listdir(path))  # doctest: +NORMALIZE_WHITESPACE
-        ('step-00000000', ['manifest.json', 'model.safetensors', 'optimizer.json', 'precision.json',
+        ('step-00000000', ['README.md', 'manifest.json', 'model.safetensors', 'optimizer.json', 'precision.json',
                            'state-rank0.json', 'state-rank0.safetensors'])
         """
         from ember._state import save_state

@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from ember.trainer.trainer import Trainer
 
 __all__ = ["AttributeDict", "LightningModule", "Module"]
+
+_M = TypeVar("_M", bound="Module")
 
 
 class Module(torch.nn.Module):
@@ -479,6 +482,41 @@ class Module(torch.nn.Module):
     def on_before_zero_grad(self, optimizer: Any) -> None: ...
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+
+    @classmethod
+    def load_from_checkpoint(
+        cls: type[_M], checkpoint_path: str | os.PathLike[str], map_location: Any = None,
+        hparams_file: str | os.PathLike[str] | None = None, strict: bool | None = None, **kwargs: Any,
+    ) -> _M:
+        """Build the module from an ember checkpoint directory: ``cls(**saved hparams, **kwargs)`` + its weights.
+
+        Works on directories from ``trainer.save_checkpoint``, ``ModelCheckpoint`` and ``Accelerator.save_state``
+        (which hold no hyperparameters). Files are verified against the manifest; nothing is unpickled.
+        ``map_location`` is a device to move the module to.
+
+        >>> import os, tempfile, torch, ember as L
+        >>> from torch.utils.data import DataLoader
+        >>> class Net(L.Module):
+        ...     def __init__(self, width=2, lr=0.1):
+        ...         super().__init__()
+        ...         self.save_hyperparameters()
+        ...         self.w = torch.nn.Parameter(torch.zeros(width))
+        ...     def training_step(self, x, batch_idx):
+        ...         return (x @ self.w - 1).pow(2).mean()
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        >>> trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(Net(lr=0.2), DataLoader(torch.ones(8, 2), batch_size=4))  # doctest: +ELLIPSIS
+        [ember] ...
+        >>> path = trainer.save_checkpoint(os.path.join(tempfile.mkdtemp(), "net"))
+        >>> model = Net.load_from_checkpoint(path, lr=0.5)
+        >>> model.hparams, torch.equal(model.w, trainer.lightning_module.w)
+        ({'width': 2, 'lr': 0.5}, True)
+        """
+        from ember.trainer._load import load_from_checkpoint
+
+        return load_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, strict, **kwargs)
 
     # --------------------------------------------------------------------------------------------
     # a plain nn.Module, no subclass

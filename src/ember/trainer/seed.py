@@ -34,7 +34,7 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
     ``seed=None`` takes the seed recorded by an earlier call (``PL_GLOBAL_SEED``), else 0 with a warning.
 
     >>> import torch, ember as L
-    >>> L.seed_everything(42, workers=True, verbose=False)
+    >>> L.seed_everything(42, verbose=False)  # Lightning scripts write L.seed_everything(42, workers=True)
     42
     >>> first = torch.rand(2)
     >>> _ = L.seed_everything(42, verbose=False)

@@ -226,6 +226,7 @@ class Trainer(TrainerProperties):
         self._log_dir: str | None = None
         self._start_time: float | None = None
         self.ckpt_path: str | None = None
+        self._told_about: set[str] = set()  # checkpoint names already explained once (not torch.save files)
 
     # ------------------------------------------------------------------------------------------------
     # entry points
@@ -422,7 +423,7 @@ class Trainer(TrainerProperties):
         [ember] ...
         >>> path = trainer.save_checkpoint(os.path.join(tempfile.mkdtemp(), "epoch-1"))
         >>> sorted(os.listdir(path))  # doctest: +NORMALIZE_WHITESPACE
-        ['manifest.json', 'model.safetensors', 'optimizer.json', 'precision.json', 'state-rank0.json',
+        ['README.md', 'manifest.json', 'model.safetensors', 'optimizer.json', 'precision.json', 'state-rank0.json',
          'state-rank0.safetensors', 'trainer.json']
         >>> trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
         ...                     enable_progress_bar=False, enable_model_summary=False)
