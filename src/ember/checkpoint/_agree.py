@@ -39,7 +39,6 @@ def collective_error(what: str, error: BaseException | None, reports: Sequence[R
     shown = primary or [(rank, message) for rank, (message, _) in failed]
     ranks = ", ".join(str(rank) for rank, _ in shown)
     causes = "; ".join(message if len(shown) == 1 else f"rank {rank}: {message}" for rank, message in shown)
-    return CheckpointError(
-        f"{what} failed on rank {ranks}: {causes.rstrip('.')}. Nothing was committed and the previous checkpoints "
-        "are untouched."
-    )
+    tail = "" if "Nothing was committed" in causes else (
+        " Nothing was committed and the previous checkpoints are untouched.")
+    return CheckpointError(f"{what} failed on rank {ranks}: {causes.rstrip('.')}.{tail}")
