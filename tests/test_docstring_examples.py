@@ -17,6 +17,8 @@ MODULES = {
     "ember._env": 1,
     "ember._handlers": 1,
     "ember._seed": 1,
+    "ember._tracking": 1,
+    "ember.cli.config": 4,
     "ember.callbacks": 1,
     "ember.callbacks.early_stopping": 1,
     "ember.callbacks.gradient_accumulation_scheduler": 1,
