@@ -151,7 +151,7 @@ def test_load_from_checkpoint(tmp_path: Path) -> None:
     again = WithBackbone.load_from_checkpoint(path, backbone=torch.nn.Linear(4, 1))
     assert torch.equal(again.backbone.weight, trained.backbone.weight) and again.hparams.lr == 0.1
     (tmp_path / "lightning.ckpt").write_bytes(b"PK")  # a torch.save file from elsewhere
-    with pytest.raises(L.EmberConfigError, match="is a Lightning/torch.save file, not an ember checkpoint"):
+    with pytest.raises(L.EmberConfigError, match=r"is a Lightning/torch\.save file, not an ember checkpoint"):
         Regressor.load_from_checkpoint(tmp_path / "lightning.ckpt")
 
 
@@ -206,7 +206,7 @@ def test_save_checkpoint_x_ckpt_and_torch_load(tmp_path: Path, capsys: pytest.Ca
     trainer.save_checkpoint("x.ckpt")  # in the working directory (tmp_path), as Lightning users write it
     assert sorted(os.listdir(".")) == ["x.ckpt"]  # no stray `latest` next to it
     assert "x.ckpt is a checkpoint directory, not a torch.save file" in capsys.readouterr().out
-    with pytest.raises(IsADirectoryError, match="x.ckpt"):
+    with pytest.raises(IsADirectoryError, match=r"x\.ckpt"):
         torch.load("x.ckpt")
     readme = Path("x.ckpt", "README.md").read_text()
     assert "load_from_checkpoint" in readme and "torch.load" in readme
