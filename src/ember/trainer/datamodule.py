@@ -62,7 +62,8 @@ class DataModule:
     @property
     def hparams(self) -> AttributeDict:
         """What :meth:`save_hyperparameters` recorded."""
-        return self._hparams
+        found: AttributeDict = self.__dict__.setdefault("_hparams", AttributeDict())  # also without super().__init__()
+        return found
 
     def save_hyperparameters(
         self, *args: Any, ignore: str | Iterable[str] | None = None, frame: types.FrameType | None = None,
@@ -81,7 +82,7 @@ class DataModule:
         if frame is None:
             current = inspect.currentframe()
             frame = current.f_back if current is not None else None
-        self._hparams.update(hparams_from_call(self, args, ignore, frame))
+        self.hparams.update(hparams_from_call(self, args, ignore, frame))
         self._log_hyperparams = logger
 
     def prepare_data(self) -> None:
@@ -136,7 +137,7 @@ class DataModule:
         return module
 
     def __repr__(self) -> str:
-        hparams = f"({dict(self._hparams)})" if self._hparams else "()"
+        hparams = f"({dict(self.hparams)})" if self.hparams else "()"
         return f"{type(self).__name__}{hparams}"
 
 
