@@ -398,7 +398,12 @@ class Module(torch.nn.Module):
     # steps and configuration (override these)
     # --------------------------------------------------------------------------------------------
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
-        """Return the loss (a tensor), a dict with ``"loss"``, or None to skip the batch. Required for fit."""
+        """Return the loss (a tensor), a dict with ``"loss"``, or None to skip the batch. Required for fit.
+
+        A skipped batch adds no gradient; when it ends an accumulation window, the window still steps with what its
+        other batches accumulated, and a window of skipped batches only is dropped (Lightning's rule). With several
+        processes skipping is refused: DDP needs every rank's backward.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement training_step(batch, batch_idx).")
 
     def validation_step(self, *args: Any, **kwargs: Any) -> Any:
