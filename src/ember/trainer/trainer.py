@@ -401,7 +401,10 @@ class Trainer(TrainerProperties):
     ) -> Path:
         """Write a checkpoint directory through ``Accelerator.save_state`` (collective: call on every rank).
 
-        Resume with ``fit(..., ckpt_path=path)``:
+        The checkpoint is a directory, not a ``torch.save`` file (``torch.load`` cannot open it; its ``README.md``
+        says how to load it). Nothing else is written next to a path of your own; in ModelCheckpoint's folder a
+        ``latest`` file points at the newest checkpoint. Resume with ``fit(..., ckpt_path=path)``, or rebuild the
+        module with ``MyModule.load_from_checkpoint(path)``:
 
         >>> import os, tempfile
         >>> import torch, ember as L
