@@ -342,7 +342,7 @@ def warn_if_never_logged(t: Trainer) -> None:
             f"The training epoch has {batches:g} batches, fewer than Trainer(log_every_n_steps={every}): step "
             f"metrics are sent to the loggers every {every} optimizer steps, so an epoch passes without any (and a "
             f"fit shorter than {every} steps logs none). Pass a lower log_every_n_steps to see them.",
-            UserWarning, stacklevel=4,
+            UserWarning, stacklevel=6,  # the user's trainer.fit(...) line
         )
 
 
