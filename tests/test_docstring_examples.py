@@ -33,6 +33,7 @@ MODULES = {
     "ember._env": 1,
     "ember._handlers": 1,
     "ember._seed": 1,
+    "ember.cli.config": 4,
     "ember.callbacks": 1,
     "ember.callbacks.early_stopping": 1,
     "ember.callbacks.gradient_accumulation_scheduler": 1,
@@ -43,7 +44,9 @@ MODULES = {
     "ember.callbacks.on_exception_checkpoint": 1,
     "ember.callbacks.throughput_monitor": 1,
     "ember.callbacks.timer": 1,
+    "ember.checkpoint._agree": 1,
     "ember.checkpoint._codec": 5,
+    "ember.checkpoint._damage": 6,
     "ember.checkpoint._discovery": 5,
     "ember.checkpoint._read": 5,
     "ember.checkpoint._store": 5,
@@ -60,6 +63,9 @@ MODULES = {
     "ember.profilers": 5,
     "ember.strategies.ddp": 1,
     "ember.trainer.logging": 1,
+    "ember.trainer.seed": 3,
+    "ember.trainer.datamodule": 4,
+    "ember.trainer._hparams": 1,
 }
 
 # `ember launch` configuration that would change what an Accelerator()/Trainer() built in an example does
@@ -108,5 +114,6 @@ def test_trainer_and_module_verbs_have_examples() -> None:
     from ember.trainer.trainer import Trainer
 
     assert _undocumented(Trainer, ["fit", "validate", "test", "predict", "save_checkpoint"]) == []
-    verbs = ["log", "log_dict", "save_hyperparameters", "optimizers", "lr_schedulers", "manual_backward", "wrap"]
+    verbs = ["log", "log_dict", "save_hyperparameters", "optimizers", "lr_schedulers", "manual_backward", "wrap",
+             "load_from_checkpoint"]
     assert _undocumented(Module, verbs) == []

@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "Accelerator": "ember.accelerator",
     "set_seed": "ember._seed",
     "skip_first_batches": "ember.data",
+    "seed_everything": "ember.trainer.seed",
     "DistributedDataParallelKwargs": "ember._handlers",
     "InitProcessGroupKwargs": "ember._handlers",
     "GradScalerKwargs": "ember._handlers",
@@ -30,6 +31,8 @@ _EXPORTS: dict[str, str] = {
     "ProcessInfo": "ember._env",
     "Module": "ember.trainer.module",
     "LightningModule": "ember.trainer.module",
+    "DataModule": "ember.trainer.datamodule",
+    "LightningDataModule": "ember.trainer.datamodule",
     "Trainer": "ember.trainer.trainer",
     "Callback": "ember.callbacks.base",
 }
@@ -52,7 +55,9 @@ if TYPE_CHECKING:
     from ember.strategies.ddp import DDPStrategy
     from ember.strategies.fsdp import FSDPStrategy
     from ember.strategies.single import SingleDeviceStrategy
+    from ember.trainer.datamodule import DataModule, LightningDataModule
     from ember.trainer.module import LightningModule, Module
+    from ember.trainer.seed import seed_everything
     from ember.trainer.trainer import Trainer
 
 

@@ -27,6 +27,7 @@ import torch
 
 from ember import checkpoint as ckpt
 from ember import faults
+from ember._collectives import gather_objects
 from ember._errors import EmberConfigError
 from ember._log import info
 from ember.strategies.base import Reshardable
@@ -62,6 +63,11 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
         torch.cuda.set_rng_state(cuda[device.index or 0] if isinstance(cuda, list) else cuda, device)
 
 
+def _notice(text: str | None) -> None:
+    if text:
+        info(text.removeprefix("[ember] "))
+
+
 def _check_target(final: Path) -> None:
     if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not (final / "manifest.json").exists())):
         raise EmberConfigError(
@@ -88,6 +94,8 @@ def _save_state(
     error: BaseException | None = None
     if acc.is_main_process:
         try:
+            if auto:  # ember's own folder: an uncommitted leftover of a crashed save is moved aside, kept
+                _notice(ckpt.move_aside_damaged(final))
             _check_target(final)
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.begin(final)
@@ -174,14 +182,11 @@ def _agree(acc: Accelerator, error: BaseException | None, what: str, cleanup: Pa
         failed = [rank for rank, bad in enumerate(flags) if bad]
     if not failed:
         return
+    report = ckpt.failure_report(error)  # every rank learns every failing rank's cause, and raises the real one
+    reports = gather_objects(acc.strategy, [report]) if acc.strategy.is_distributed else [report]
     if cleanup is not None and acc.is_main_process:
         shutil.rmtree(cleanup, ignore_errors=True)
-    if error is not None:
-        raise error
-    raise ckpt.CheckpointError(
-        f"{what} failed on rank(s) {failed} (their error is printed in their output). Nothing was committed and "
-        "the previous checkpoints are untouched."
-    )
+    raise ckpt.collective_error(what, error, reports)
 
 
 def _load_state(acc: Accelerator, input_dir: Path | None, *, check_hashes: bool = True) -> Path | None:
@@ -190,6 +195,8 @@ def _load_state(acc: Accelerator, input_dir: Path | None, *, check_hashes: bool 
     if acc.is_main_process:
         try:
             chosen = input_dir if input_dir is not None else ckpt.find_latest(checkpoint_root(acc))
+            if input_dir is None:  # say which newer checkpoints were skipped, and why
+                _notice(ckpt.describe_fallback([checkpoint_root(acc)], chosen))
             if chosen is not None:
                 ckpt.verify(chosen, check_hashes=check_hashes)
         except ckpt.CheckpointError as exc:
@@ -413,7 +420,7 @@ def save_state(self: Accelerator, output_dir: str | os.PathLike[str] | None = No
     >>> model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
     >>> path = accelerator.save_state(keep_last=2)
     >>> path.name, sorted(os.listdir(path))  # doctest: +NORMALIZE_WHITESPACE
-    ('step-00000000', ['manifest.json', 'model.safetensors', 'optimizer.json', 'precision.json',
+    ('step-00000000', ['README.md', 'manifest.json', 'model.safetensors', 'optimizer.json', 'precision.json',
                        'state-rank0.json', 'state-rank0.safetensors'])
     """
     if output_dir is None and self.project_configuration.total_limit is not None:

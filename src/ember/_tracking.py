@@ -47,18 +47,16 @@ class Trackers:
 
         if not self._acc.is_main_process or self._started:
             return
+        save_dir = str(self._acc.project_dir / "logs")
+        version = shared_version(self._requested, save_dir, project_name, init_kwargs)
         for item in self._requested:
             if isinstance(item, Logger):
                 self.loggers.append(item)
             else:
-                self.loggers.append(
-                    make_logger(
-                        item,
-                        save_dir=str(self._acc.project_dir / "logs"),
-                        project_name=project_name,
-                        init_kwargs=init_kwargs.get(item),
-                    )
-                )
+                kwargs = dict(init_kwargs.get(item) or {})
+                if item in _VERSIONED and version is not None:
+                    kwargs.setdefault("version", version)
+                self.loggers.append(make_logger(item, save_dir=save_dir, project_name=project_name, init_kwargs=kwargs))
         if self._pending is not None:  # load_state() ran first: continue the saved runs (same version / id)
             self._apply(self._pending)
             self._pending = None
@@ -117,6 +115,29 @@ class Trackers:
 
 
 _PACKAGES = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+_VERSIONED = ("csv", "tensorboard")  # trackers that write <save_dir>/<name>/version_N
+
+
+def shared_version(
+    requested: Sequence[Any], save_dir: str, project_name: str, init_kwargs: dict[str, Any]
+) -> int | None:
+    """One ``version_N`` for every local tracker of the run (CSV and TensorBoard side by side in it), the next
+    free number in each of their folders; None when fewer than two trackers would pick one.
+
+    >>> import tempfile
+    >>> shared_version(["csv", "tensorboard"], tempfile.mkdtemp(), "demo", {})
+    0
+    """
+    import os
+
+    from ember.loggers._utils import next_version
+
+    picking = [t for t in requested if isinstance(t, str) and t in _VERSIONED
+               and "version" not in (init_kwargs.get(t) or {})]
+    if len(picking) < 2:
+        return None
+    roots = {os.path.join(save_dir, str((init_kwargs.get(t) or {}).get("name", project_name) or "")) for t in picking}
+    return max(next_version(root) for root in roots)
 
 
 def _installed(tracker: str) -> bool:

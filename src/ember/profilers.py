@@ -70,18 +70,28 @@ class Profiler(abc.ABC):
             self.stop(action_name)
 
     def summary(self) -> str:
-        """The report as text (empty when there is nothing to report)."""
+        """The full report as text (empty when there is nothing to report)."""
         return ""
 
+    def terminal_summary(self) -> str:
+        """What :meth:`describe` prints: the top of the report, sized for a terminal (default: all of it)."""
+        return self.summary()
+
     def describe(self) -> None:
-        """Print the report (local rank 0 only) and append it to ``dirpath/filename`` when set."""
+        """Print the top of the report (local rank 0 only); the full report goes to a file when the printed part
+        is shorter, or when ``filename`` is set (``dirpath/<stage>-<filename>-<rank>.txt``, appended)."""
         text = self.summary()
-        if text and self._local_rank in (None, 0):
-            print(text)
-        if text and self.filename:
+        if not text:
+            return
+        short = self.terminal_summary()
+        path = None
+        if self.filename or short != text:
             os.makedirs(self.dirpath or ".", exist_ok=True)
-            with open(os.path.join(self.dirpath or ".", self._prepare_filename()), "a") as file:
+            path = os.path.join(self.dirpath or ".", self._prepare_filename(default="profile"))
+            with open(path, "a") as file:
                 file.write(text + os.linesep)
+        if self._local_rank in (None, 0):
+            print(short if short == text else f"{short}{os.linesep}Full report: {path}")
 
     def setup(self, stage: str, local_rank: int | None = None, log_dir: str | None = None) -> None:
         """Called by the Trainer before ``stage`` (``"fit"``, ``"validate"``, ...) runs."""
@@ -90,9 +100,9 @@ class Profiler(abc.ABC):
     def teardown(self, stage: str | None) -> None:
         """Called by the Trainer after ``stage``; releases whatever :meth:`setup` acquired."""
 
-    def _prepare_filename(self, action_name: str | None = None, extension: str = ".txt") -> str:
+    def _prepare_filename(self, action_name: str | None = None, extension: str = ".txt", default: str = "") -> str:
         rank = None if self._local_rank is None else str(self._local_rank)
-        base = "-".join(p for p in (self._stage, self.filename, rank, action_name) if p)
+        base = "-".join(p for p in (self._stage, self.filename or default, rank, action_name) if p)
         base = re.sub(r"_+", "_", re.sub(r"[\\/:*?\"<>|\n\r\t]", "_", base)).strip()
         return (base or "profile") + extension
 
@@ -159,21 +169,35 @@ class SimpleProfiler(Profiler):
         calls, total = self.recorded.get(action_name, (0, 0.0))
         self.recorded[action_name] = (calls + 1, total + end - begin)
 
+    #: rows and action-name width of the printed table (the full table goes to a file, see :meth:`describe`)
+    TERMINAL_ROWS, NAME_WIDTH = 15, 60
+
     def summary(self) -> str:
-        """A table sorted by total time: action, mean, calls, total, percentage of wall time."""
+        """A table sorted by total time: action, mean, calls, total, percentage of wall time (every action)."""
+        return self._table(None, None)
+
+    def terminal_summary(self) -> str:
+        """The :data:`TERMINAL_ROWS` actions that took longest, names cut to :data:`NAME_WIDTH` characters."""
+        return self._table(self.TERMINAL_ROWS, self.NAME_WIDTH)
+
+    def _table(self, rows_limit: int | None, name_width: int | None) -> str:
         if not self.recorded:
             return ""
         wall = time.perf_counter() - self.start_time
         rows = sorted(self.recorded.items(), key=lambda item: item[1][1], reverse=True)
+        hidden = len(rows) - rows_limit if rows_limit is not None and len(rows) > rows_limit else 0
+        rows = rows[: len(rows) - hidden]
         header = ["Action", "Mean duration (s)", "Num calls", "Total time (s)", "Percentage %"]
-        body = [[a, f"{t / n:.5g}", str(n), f"{t:.5g}", f"{100 * t / wall:.3g}"] for a, (n, t) in rows]
+        body = [[_cut(a, name_width), f"{t / n:.5g}", str(n), f"{t:.5g}", f"{100 * t / wall:.3g}"]
+                for a, (n, t) in rows]
         body.insert(0, ["Total", "-", str(sum(n for n, _ in self.recorded.values())), f"{wall:.5g}", "100"])
         if not self.extended:  # action, mean, total
             header, body = [header[i] for i in (0, 1, 3)], [[r[i] for i in (0, 1, 3)] for r in body[1:]]
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
         lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in [header, *body]]
         rule = "-" * len(lines[0])
-        return os.linesep.join([self._header(), rule, lines[0], rule, *lines[1:], rule])
+        more = [f"... {hidden} more action(s), each under {rows[-1][1][1]:.3g} s in total"] if hidden else []
+        return os.linesep.join([self._header(), rule, lines[0], rule, *lines[1:], rule, *more])
 
 
 class AdvancedProfiler(Profiler):
@@ -225,10 +249,13 @@ class AdvancedProfiler(Profiler):
         if self._active:
             self.profiled_actions[self._active[-1]].enable()
 
+    #: what :meth:`terminal_summary` prints: the slowest actions, and the slowest functions of each
+    TERMINAL_ACTIONS, TERMINAL_FUNCTIONS = 6, 6
+
     def summary(self) -> str:
-        """``pstats`` output per action, sorted by cumulative time."""
+        """``pstats`` output per action (every action, slowest first), sorted by cumulative time."""
         sections = [self._header()]
-        for action, prof in self.profiled_actions.items():
+        for action, prof in self._by_total_time():
             if self.dump_stats:
                 os.makedirs(self.dirpath or ".", exist_ok=True)
                 prof.dump_stats(os.path.join(self.dirpath or ".", self._prepare_filename(action, ".prof")))
@@ -238,6 +265,31 @@ class AdvancedProfiler(Profiler):
             )
             sections += [f"Profile stats for: {action}", stream.getvalue()]
         return os.linesep.join(sections) if len(sections) > 1 else ""
+
+    def terminal_summary(self) -> str:
+        """The :data:`TERMINAL_ACTIONS` slowest actions, each with its :data:`TERMINAL_FUNCTIONS` functions of
+        largest cumulative time, one line each."""
+        ranked = self._by_total_time()
+        if not ranked:
+            return ""
+        shown = ranked[: self.TERMINAL_ACTIONS]
+        lines = [f"{self._header()} (cProfile): the {len(shown)} slowest of {len(ranked)} actions, "
+                 f"top {self.TERMINAL_FUNCTIONS} functions each by cumulative time"]
+        for action, prof in shown:
+            stats = pstats.Stats(prof).strip_dirs().sort_stats("cumulative")
+            lines += ["", f"{_cut(action, 90)}: {stats.total_tt:.4g} s in {stats.total_calls} calls",  # type: ignore[attr-defined]
+                      f"{'calls':>9} {'cumulative s':>13}  function"]
+            table: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+            for func in stats.fcn_list[: self.TERMINAL_FUNCTIONS]:  # type: ignore[attr-defined]
+                _, calls, _, cumulative, _ = table[func]
+                lines.append(f"{calls:>9} {cumulative:>13.4f}  {_cut(_function(func), 80)}")
+        if len(ranked) > len(shown):
+            lines += ["", f"... {len(ranked) - len(shown)} more action(s)"]
+        return os.linesep.join(lines)
+
+    def _by_total_time(self) -> list[tuple[str, cProfile.Profile]]:
+        totals = {a: pstats.Stats(p).total_tt for a, p in self.profiled_actions.items()}  # type: ignore[attr-defined]
+        return sorted(self.profiled_actions.items(), key=lambda item: totals[item[0]], reverse=True)
 
     def teardown(self, stage: str | None) -> None:
         """Stop any running profile."""
@@ -373,6 +425,20 @@ class PyTorchProfiler(Profiler):
             return ""
         table = self._averages.table(sort_by=self._sort_by_key, row_limit=self._row_limit)
         return self._header() + os.linesep + str(table)
+
+
+def _function(func: tuple[str, int, str]) -> str:
+    """``file:line(name)`` as pstats prints it (``{name}`` for built-ins)."""
+    filename, line, name = func
+    return f"{{{name}}}" if filename == "~" and line == 0 else f"{filename}:{line}({name})"
+
+
+def _cut(text: str, width: int | None) -> str:
+    """``text`` shortened to ``width`` characters with a "..." in the middle (None: unchanged)."""
+    if width is None or len(text) <= width:
+        return text
+    keep = width - 3
+    return text[: keep - keep // 2] + "..." + text[len(text) - keep // 2:]
 
 
 def resolve_profiler(value: str | Profiler | None) -> Profiler:

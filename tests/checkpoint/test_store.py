@@ -84,7 +84,8 @@ def test_commit_layout_manifest_and_latest(tmp_path: Path) -> None:
     assert {k: manifest[k] for k in meta} == meta
     on_disk = sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file())
     assert sorted(manifest["files"]) == [n for n in on_disk if n != "manifest.json"]
-    assert sorted(manifest["files"]) == ["model/external.bin", "model/shard-0.safetensors", "trainer.json"]
+    assert sorted(manifest["files"]) == ["README.md", "model/external.bin", "model/shard-0.safetensors",
+                                         "trainer.json"]
     for name, entry in manifest["files"].items():
         data = (final / name).read_bytes()
         assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -554,9 +555,10 @@ def test_retention_arguments(tmp_path: Path) -> None:
 def test_public_api_and_docstring_examples() -> None:
     assert sorted(ckpt.__all__) == sorted(
         [
-            "CheckpointError", "apply_retention", "begin", "commit", "find_latest", "flatten_state",
-            "list_checkpoints", "load_state", "read_json", "read_tensors", "save_state", "step_dir_name",
-            "unflatten_state", "verify", "write_json", "write_tensors",
+            "AbandonedCheckpointError", "CheckpointError", "apply_retention", "begin", "collective_error", "commit",
+            "damage_reason", "describe_fallback", "failure_report", "find_latest", "flatten_state",
+            "list_checkpoints", "load_state", "move_aside_damaged", "read_json", "read_tensors", "save_state",
+            "step_dir_name", "unflatten_state", "verify", "write_json", "write_tensors", "ShardReader", "save_shards",
         ]
     )  # fmt: skip
     assert issubclass(CheckpointError, RuntimeError)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +15,17 @@ import torch
 import yaml
 
 import ember
+from ember import EmberConfigError
+from ember.cli import _parser
 from ember.cli import main as ember_main
 from ember.cli.config import LaunchConfig
 from ember.cli.launch import free_port, torchrun_args
+
+
+@pytest.fixture(autouse=True)
+def _private_ember_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never read or write the real ~/.cache/ember: the default config file lives under the test's tmp_path."""
+    monkeypatch.setenv("EMBER_HOME", str(tmp_path / "ember-home"))
 
 # The `accelerate_config.yaml` block of ../shared/seed/000_ca0b78e0fe1a1e73.txt (the seed's text lost the
 # indentation under fsdp_config; this is the file as Accelerate writes it), with the CPU-sized change:
@@ -139,3 +152,80 @@ def test_ember_env_prints_versions(tools: Any) -> None:
     out = tools.run([*tools.EMBER, "env"], timeout=60).stdout
     assert f"torch:      {torch.__version__}" in out
     assert f"ember:      {ember.__version__}" in out and "gloo" in out
+
+
+ENV_SCRIPT = """\
+import json, os, sys
+rank = os.environ.get("RANK", "0")
+keys = ("WORLD_SIZE", "EMBER_MIXED_PRECISION", "EMBER_ACCELERATOR", "EMBER_DYNAMO_CONFIG", "CUDA_VISIBLE_DEVICES")
+with open(os.path.join(sys.argv[1], f"env-{rank}.json"), "w") as f:
+    json.dump({k: os.environ.get(k) for k in keys}, f)
+"""
+
+
+def ember_cli(args: list[Any], home: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`ember ...` as a user runs it, with EMBER_HOME pointing at the test's folder."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("EMBER_", "TORCHELASTIC_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                                           "MASTER_ADDR", "MASTER_PORT")}
+    env.update(EMBER_HOME=str(home), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "ember.cli", *map(str, args)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.mark.timeout(240)
+def test_ember_config_writes_the_default_config_that_launch_reads(tmp_path: Path) -> None:
+    """`ember config ...` then `ember launch script.py` with no flags, as with `accelerate config/launch`."""
+    home, out = tmp_path / "home", tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "script.py").write_text(ENV_SCRIPT)
+    made = ember_cli(["config", "--num_processes", "2", "--cpu", "--mixed_precision", "bf16",
+                      "--dynamo_backend", "inductor", "--dynamo_mode", "max-autotune"], home, tmp_path)
+    assert f"wrote {home / 'default_config.yaml'}" in made.stdout
+    written = yaml.safe_load((home / "default_config.yaml").read_text())
+    assert written["num_processes"] == 2 and written["dynamo_config"]["dynamo_backend"] == "inductor"
+    ran = ember_cli(["launch", "script.py", out], home, tmp_path)
+    assert f"using the default config {home / 'default_config.yaml'}" in ran.stderr
+    seen = [json.loads((out / f"env-{r}.json").read_text()) for r in (0, 1)]
+    for env in seen:  # the file's settings reached both workers
+        assert (env["WORLD_SIZE"], env["EMBER_MIXED_PRECISION"], env["EMBER_ACCELERATOR"]) == ("2", "bf16", "cpu")
+        assert json.loads(env["EMBER_DYNAMO_CONFIG"]) == {
+            "backend": "inductor", "mode": "max-autotune", "fullgraph": False, "dynamic": None, "regional": False}
+
+
+@pytest.mark.timeout(240)
+def test_gpu_ids_become_the_workers_visible_devices(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "script.py").write_text(ENV_SCRIPT)
+    cfg = tmp_path / "accelerate_config.yaml"
+    cfg.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nnum_processes: 1\ngpu_ids: '0'\n"
+                   "ipex_config:\n  ipex: true\n")
+    ran = ember_cli(["launch", "--config_file", cfg, "script.py", out], tmp_path / "home", tmp_path)
+    assert json.loads((out / "env-0.json").read_text())["CUDA_VISIBLE_DEVICES"] == "0"
+    notices = [line for line in ran.stderr.splitlines() if "ipex_config" in line]
+    assert len(notices) == 1 and "ignored" in notices[0]  # a one-line notice, not a refusal
+
+
+def test_unknown_and_misspelt_config_keys(tmp_path: Path) -> None:
+    cfg = LaunchConfig.from_dict({"num_processes": 2, "ipex_config": {"ipex": True}, "my_cluster": "a", "debug": False})
+    assert len(cfg.notes) == 2 and all(note.endswith("ignored.") for note in cfg.notes)  # debug: false asks nothing
+    with pytest.raises(EmberConfigError, match='Did you mean "num_processes"'):
+        LaunchConfig.from_dict({"num_proceses": 2})
+    with pytest.raises(EmberConfigError, match="gpu_ids"):
+        LaunchConfig.from_dict({"gpu_ids": "first"})
+    with pytest.raises(EmberConfigError, match='Did you mean "dynamo_mode"'):
+        LaunchConfig.from_dict({"dynamo_config": {"dynamo_mdoe": "default"}})
+    assert LaunchConfig.from_dict({"dynamo_config": {"backend": "NO"}}).dynamo_env() is None
+    assert LaunchConfig.from_dict({"gpu_ids": [0, 1]}).gpu_ids == "0,1"
+
+
+def test_every_launch_and_config_flag_has_help_text() -> None:
+    parser = _parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("launch", "config"):
+        actions = [a for a in subcommands.choices[name]._actions if a.dest != "help"]
+        assert len(actions) > 10
+        assert [a.dest for a in actions if not a.help] == [], name

@@ -11,9 +11,10 @@ TIMEOUT = 10
 
 
 @pytest.mark.timeout(180)
-def test_stalled_rank_ends_the_job_within_timeout(tmp_path: Path, fw: Any) -> None:
+@pytest.mark.parametrize("layer", ["accelerator", "trainer"])  # Accelerator(timeout=...), Trainer(timeout=...)
+def test_stalled_rank_ends_the_job_within_timeout(layer: str, tmp_path: Path, fw: Any) -> None:
     # rank 1 sleeps forever before micro-batch 7; rank 0 reaches the gradient all-reduce of step 3 and waits there
-    result = fw.run_worker(tmp_path, 2, "--stall", "7:1", "--timeout", TIMEOUT, timeout=TIMEOUT + 120)
+    result = fw.run_worker(tmp_path, 2, "--stall", "7:1", "--timeout", TIMEOUT, timeout=TIMEOUT + 120, layer=layer)
     assert result.returncode != 0
     assert result.seconds < TIMEOUT + 60, fw.describe(result)
     assert "stalling at micro 7" in result.output

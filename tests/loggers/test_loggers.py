@@ -255,6 +255,9 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_CONSOLE", "off")
     for key in ("WANDB_PROJECT", "WANDB_RUN_ID", "WANDB_API_KEY"):
         monkeypatch.delenv(key, raising=False)
+    import wandb
+
+    wandb.teardown()  # W&B keeps process-wide settings from an earlier run (another test's): start from the env
     return tmp_path
 
 

@@ -42,13 +42,14 @@ def test_hugging_face_model_without_a_subclass(tmp_path: Path) -> None:
     trainer = quiet_trainer(tmp_path, max_epochs=4)
     (before,) = trainer.validate(module, tokens(16, seed=1), verbose=False)
     trainer.fit(module, tokens(48, seed=0), tokens(16, seed=1))
+    assert {"train_loss", "val_loss"} <= set(trainer.callback_metrics)
+    assert set(trainer.progress_bar_metrics) >= {"train_loss", "val_loss"}
     (after,) = trainer.validate(module, tokens(16, seed=1), verbose=False)
     assert after["val_loss"] < 0.7 * before["val_loss"]
+    assert set(trainer.callback_metrics) == {"val_loss"}  # each entry point starts afresh, as in Lightning
     assert trainer.global_step == 24
     config = trainer.lr_scheduler_configs[0]
     assert config.interval == "step" and config.scheduler.get_last_lr()[0] == pytest.approx(1e-2 / 1.24)
-    assert {"train_loss", "val_loss"} <= set(trainer.callback_metrics)
-    assert set(trainer.progress_bar_metrics) >= {"train_loss", "val_loss"}
     outputs = trainer.predict(module, tokens(8, seed=2))
     assert outputs is not None and outputs[0].logits.shape == (8, SEQ, VOCAB)
     assert module.model is model  # the user's object, trained in place

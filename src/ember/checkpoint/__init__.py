@@ -15,6 +15,7 @@ Directory format (``format_version`` 1)::
         optimizer.json                   structure of a state (save_state): JSON skeleton
         optimizer.safetensors            ... and its tensors, keyed as the skeleton says
         state-rank0.json                 per-rank loop counters, sampler position, RNG states
+        README.md                        how to load this directory (torch.load cannot), written by commit
       latest                             text file holding the newest committed dir name ("step-00000120")
       .tmp-step-00000130/                being written (ignored by readers, removed by begin/retention)
 
@@ -41,24 +42,32 @@ with rank 0 (``commit`` lists and hashes what every rank wrote).
 
 from __future__ import annotations
 
+from ._agree import collective_error, failure_report
 from ._codec import flatten_state, unflatten_state
+from ._damage import damage_reason, describe_fallback, move_aside_damaged
 from ._discovery import apply_retention, find_latest, list_checkpoints, step_dir_name
-from ._errors import CheckpointError
+from ._errors import AbandonedCheckpointError, CheckpointError
 from ._read import load_state, read_json, verify
 from ._sharded import ShardReader, save_shards
 from ._store import begin, commit, save_state, write_json
 from ._tensors import read_tensors, write_tensors
 
 __all__ = [
+    "AbandonedCheckpointError",
     "CheckpointError",
     "ShardReader",
     "apply_retention",
     "begin",
+    "collective_error",
     "commit",
+    "damage_reason",
+    "describe_fallback",
+    "failure_report",
     "find_latest",
     "flatten_state",
     "list_checkpoints",
     "load_state",
+    "move_aside_damaged",
     "read_json",
     "read_tensors",
     "save_shards",

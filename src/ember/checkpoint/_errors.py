@@ -1,4 +1,4 @@
-"""The one exception type of :mod:`ember.checkpoint`."""
+"""The exception types of :mod:`ember.checkpoint`."""
 
 from __future__ import annotations
 
@@ -8,3 +8,8 @@ class CheckpointError(RuntimeError):
 
     Every message names the file or directory involved and says what to do about it.
     """
+
+
+class AbandonedCheckpointError(CheckpointError):
+    """A write into a temporary checkpoint directory that is gone: another writer abandoned the save (its own
+    error is the cause), or ``begin`` was not called first."""

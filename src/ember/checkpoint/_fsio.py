@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
-from ._errors import CheckpointError
+from ._errors import AbandonedCheckpointError, CheckpointError
 
 DIGEST_DIR = ".ember-digests"
 """Hidden folder inside a temporary checkpoint dir where writers leave the digests of what they wrote."""
@@ -66,7 +66,7 @@ def writable_member(tmp_dir: Path, filename: str) -> Path:
             f"{path}: manifest.json is written by commit(); pass what you want recorded as commit(meta=...)."
         )
     if not tmp_dir.is_dir():
-        raise CheckpointError(
+        raise AbandonedCheckpointError(
             f"temporary checkpoint directory {tmp_dir} does not exist: call begin(final_dir) on rank 0 "
             "(then a barrier) and write into the directory it returns."
         )
@@ -140,7 +140,7 @@ class _HashingSink:
 def disk_error(path: Path, exc: OSError, tmp_dir: Path | None = None) -> CheckpointError:
     """The CheckpointError for an OSError while writing ``path`` (inside ``tmp_dir``)."""
     if tmp_dir is not None and not tmp_dir.is_dir():
-        return CheckpointError(
+        return AbandonedCheckpointError(
             f"could not write {path}: the temporary checkpoint directory {tmp_dir} is gone (another rank's "
             "write failed and abandoned it, or begin() ran again). See the first error; the previous "
             "checkpoint is untouched."

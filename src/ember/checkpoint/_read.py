@@ -19,6 +19,26 @@ def _bad(ckpt_dir: Path, what: str) -> CheckpointError:
     return CheckpointError(f"{what}: the checkpoint is corrupted or truncated; {_HINT.format(dir=ckpt_dir)}.")
 
 
+def _looks_like_ember(names: list[str]) -> bool:
+    return any(n.startswith("state-rank") or n.endswith(".safetensors") or n == "trainer.json" for n in names)
+
+
+def _no_manifest(ckpt_dir: Path) -> CheckpointError:
+    """A directory without a manifest: an interrupted save of ember's, or something that never was a checkpoint."""
+    try:
+        names = sorted(p.name for p in ckpt_dir.iterdir())
+    except OSError:
+        names = []
+    if _looks_like_ember(names):
+        return _bad(ckpt_dir, f"{ckpt_dir / MANIFEST} is missing (the directory was never committed)")
+    held = "it is empty" if not names else f"it holds {names[:8]}{' ...' if len(names) > 8 else ''}"
+    return CheckpointError(
+        f"{ckpt_dir} is not an ember checkpoint: it has no {MANIFEST} and none of ember's files ({held}). Pass a "
+        "directory written by save_state()/save_checkpoint(), or call load_state() with no path to resume from the "
+        "newest checkpoint under <project_dir>/checkpoints."
+    )
+
+
 def _load_manifest(ckpt_dir: Path) -> dict[str, Any]:
     path = ckpt_dir / MANIFEST
     if not ckpt_dir.is_dir():
@@ -26,7 +46,7 @@ def _load_manifest(ckpt_dir: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_bytes())
     except FileNotFoundError:
-        raise _bad(ckpt_dir, f"{path} is missing (the directory was never committed)") from None
+        raise _no_manifest(ckpt_dir) from None
     except (OSError, ValueError) as exc:
         raise _bad(ckpt_dir, f"{path} is not readable JSON ({exc})") from exc
     version = manifest.get("format_version") if isinstance(manifest, dict) else None

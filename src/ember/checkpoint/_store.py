@@ -34,6 +34,23 @@ STATE_FORMAT = 1
 _RESERVED_META = ("format_version", "ember_version", "files")
 
 
+README = "README.md"
+README_TEXT = """\
+# ember checkpoint
+
+This directory is a checkpoint written by ember, not a `torch.save` file: `torch.load` reads single files and
+cannot open it (it raises IsADirectoryError). Load it with ember:
+
+    model = MyModule.load_from_checkpoint("<this directory>")      # a Module: hyperparameters + weights
+    trainer.fit(model, ckpt_path="<this directory>")              # resume (also validate/test/predict)
+    accelerator.load_state("<this directory>")                    # an Accelerator loop
+
+The weights alone: `safetensors.torch.load_file("<this directory>/model.safetensors")`.
+`manifest.json` lists every file with its size and sha256; tensors are safetensors files, everything else is JSON,
+and nothing here is ever unpickled.
+"""
+
+
 def tmp_dir_for(final_dir: Path) -> Path:
     return final_dir.parent / f".tmp-{final_dir.name}"
 
@@ -230,7 +247,8 @@ def commit(tmp_dir: Path, final_dir: Path, meta: Mapping[str, Any], *, update_la
     """Seal ``tmp_dir`` (manifest with sizes + sha256, fsync) and rename it to ``final_dir`` (rank 0 only).
 
     Call after every rank finished writing. ``manifest.json`` holds ``format_version``, ``ember_version``,
-    everything in ``meta`` (plain JSON) and ``files``. An existing ``final_dir`` is replaced atomically.
+    everything in ``meta`` (plain JSON) and ``files``; a ``README.md`` saying how to load the directory (it is
+    not a ``torch.save`` file) is added unless the caller wrote one. An existing ``final_dir`` is replaced atomically.
     With ``update_latest`` the file ``final_dir.parent / "latest"`` then names ``final_dir`` (atomic
     replace). On any failure the temporary dir is removed and the previous checkpoint stays intact.
 
@@ -254,6 +272,8 @@ def commit(tmp_dir: Path, final_dir: Path, meta: Mapping[str, Any], *, update_la
         )
     try:
         _check_meta(tmp_dir, final_dir, meta)
+        if not (tmp_dir / README).exists():  # torch.load users find how to load it (see README_TEXT)
+            write_member(tmp_dir, README, [README_TEXT.encode()])
         manifest = {
             "format_version": FORMAT_VERSION,
             "ember_version": _ember_version(),

@@ -1,5 +1,17 @@
 """Launch configuration: ember's YAML, which also reads Accelerate's ``accelerate_config.yaml`` keys.
 
+``ember config`` writes the **default config file** and ``ember launch script.py`` reads it when no
+``--config_file`` is given (as ``accelerate config`` / ``accelerate launch`` do; with ``--cpu`` the default file is
+not read, as in Accelerate). It lives at ``$EMBER_HOME/default_config.yaml``; ``EMBER_HOME`` defaults to
+``$XDG_CACHE_HOME/ember``, i.e. ``~/.cache/ember`` (Accelerate: ``$HF_HOME/accelerate/default_config.yaml``).
+
+Keys beyond the launch settings: ``gpu_ids`` ("all" or "0,1": the workers' ``CUDA_VISIBLE_DEVICES``) and
+``dynamo_config`` (Accelerate's ``dynamo_backend``, ``dynamo_mode``, ``dynamo_use_fullgraph``,
+``dynamo_use_dynamic``, ``dynamo_use_regional_compilation``: passed to the workers as JSON in
+``EMBER_DYNAMO_CONFIG``, see :meth:`LaunchConfig.dynamo_env`). Other Accelerate keys are read and ignored, with a
+one-line notice when they ask for something ember does not do; unknown keys get a notice too, and a key that looks
+like a misspelt ember key (``num_proceses``) is refused with a "did you mean".
+
 >>> cfg = LaunchConfig.from_dict({"distributed_type": "MULTI_CPU", "num_processes": 2})
 >>> cfg.num_processes
 2
@@ -7,6 +19,10 @@
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,11 +53,30 @@ DEEPSPEED_KEYS = (
     "offload_param_device", "offload_optimizer_nvme_path", "offload_param_nvme_path", "zero3_init_flag",
     "zero3_save_16bit_model", "deepspeed_config_file", "deepspeed_multinode_launcher",
 )
-#: Accelerate keys that are read and accepted but have no effect on a launch
-ACCEPTED_IGNORED = (
-    "compute_environment", "debug", "downcast_bf16", "enable_cpu_affinity", "gpu_ids", "same_network",
-    "main_training_function", "tpu_env", "tpu_use_cluster", "tpu_use_sudo", "dynamo_config", "rdzv_conf",
-)
+#: Accelerate keys that ember reads and ignores, with the value that asks for nothing (other values get a notice)
+ACCEPTED_IGNORED: dict[str, Any] = {
+    "compute_environment": "LOCAL_MACHINE", "debug": False, "downcast_bf16": "no", "enable_cpu_affinity": False,
+    "same_network": True, "main_training_function": "main", "tpu_env": [], "tpu_use_cluster": False,
+    "tpu_use_sudo": False, "rdzv_conf": None, "ipex_config": {}, "mpirun_config": {}, "fp8_config": {},
+    "megatron_lm_config": {}, "parallelism_config": {}, "tpu_name": None, "tpu_zone": None, "commands": None,
+    "command_file": None, "use_cpu_affinity": False,
+}
+DYNAMO_KEYS = ("dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic",
+               "dynamo_use_regional_compilation")
+DYNAMO_ENV = "EMBER_DYNAMO_CONFIG"
+
+
+def default_config_file(env: Mapping[str, str] | None = None) -> Path:
+    """Where ``ember config`` writes and ``ember launch`` reads the default config.
+
+    >>> default_config_file({"EMBER_HOME": "/opt/ember"}).as_posix()
+    '/opt/ember/default_config.yaml'
+    >>> default_config_file({"XDG_CACHE_HOME": "/cache"}).as_posix()
+    '/cache/ember/default_config.yaml'
+    """
+    env = os.environ if env is None else env
+    home = env.get("EMBER_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "ember")
+    return Path(os.path.expanduser(home)) / "default_config.yaml"
 
 
 @dataclass
@@ -62,6 +97,9 @@ class LaunchConfig:
     monitor_interval: float = 1.0
     fsdp_config: dict[str, Any] = field(default_factory=dict)
     deepspeed_config: dict[str, Any] = field(default_factory=dict)
+    gpu_ids: str | None = None
+    dynamo_config: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list, repr=False, compare=False)  # what was read and ignored
 
     @property
     def strategy(self) -> str:
@@ -69,20 +107,27 @@ class LaunchConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> LaunchConfig:
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"notes"}
         values: dict[str, Any] = {}
+        notes: list[str] = []
         for key, value in raw.items():
             if key in known:
                 values[key] = value
-            elif key not in ACCEPTED_IGNORED:
+            elif key in ACCEPTED_IGNORED:
+                if value != ACCEPTED_IGNORED[key] and value not in (None, {}, [], False, "no", "NO"):
+                    notes.append(f"{source}: {key}={value!r} is an Accelerate setting ember does not use; ignored.")
+            elif difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85):
                 raise EmberConfigError(
-                    f"{source}: unknown key {key!r}.{did_you_mean(key, [*known, *ACCEPTED_IGNORED])} "
-                    f"Valid keys: {', '.join(sorted(known))}."
+                    f"{source}: unknown key {key!r}.{did_you_mean(key, sorted(known))} Valid keys: "
+                    f"{', '.join(sorted(known))}."
                 )
-        for section in ("fsdp_config", "deepspeed_config"):
+            else:
+                notes.append(f"{source}: {key!r} is not an ember launch setting; ignored.")
+        for section in ("fsdp_config", "deepspeed_config", "dynamo_config"):
             if section in values and values[section] is None:  # an empty section in YAML reads as null
                 values[section] = {}
         cfg = cls(**values)
+        cfg.notes = notes
         cfg.validate(source)
         return cfg
 
@@ -129,13 +174,32 @@ class LaunchConfig:
         stage = self.deepspeed_config.get("zero_stage")
         if stage is not None and stage not in (0, 1, 2, 3):
             raise EmberConfigError(f"{source}: deepspeed_config.zero_stage={stage!r} must be 0, 1, 2 or 3.")
+        self.gpu_ids = _gpu_ids(self.gpu_ids, source)
+        self.dynamo_config = _dynamo(self.dynamo_config, source)
+
+    def dynamo_env(self) -> str | None:
+        """``EMBER_DYNAMO_CONFIG`` for the workers: the ``torch.compile`` settings as JSON, or None (no compile).
+
+        >>> LaunchConfig.from_dict({"dynamo_config": {"dynamo_backend": "INDUCTOR", "dynamo_mode": "max-autotune"}}
+        ...                        ).dynamo_env()
+        '{"backend": "inductor", "mode": "max-autotune", "fullgraph": false, "dynamic": null, "regional": false}'
+        """
+        cfg = self.dynamo_config
+        backend = str(cfg.get("dynamo_backend", "no")).lower()
+        if backend == "no":
+            return None
+        return json.dumps({
+            "backend": backend, "mode": cfg.get("dynamo_mode", "default"),
+            "fullgraph": bool(cfg.get("dynamo_use_fullgraph", False)), "dynamic": cfg.get("dynamo_use_dynamic"),
+            "regional": bool(cfg.get("dynamo_use_regional_compilation", False)),
+        })
 
     def strategy_config(self) -> dict[str, Any]:
         """The YAML section that configures the chosen strategy (handed to the workers' Strategy.configure)."""
         return {"FSDP": self.fsdp_config, "DEEPSPEED": self.deepspeed_config}.get(self.distributed_type, {})
 
     def to_yaml(self) -> str:
-        data = {k: v for k, v in asdict(self).items() if v not in (None, {}, [])}
+        data = {k: v for k, v in asdict(self).items() if v not in (None, {}, []) and k != "notes"}
         return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -152,3 +216,30 @@ def _check_keys(section: Any, valid: tuple[str, ...], where: str) -> None:
             raise EmberConfigError(
                 f"{where}: unknown key {key!r}.{did_you_mean(key, valid)} Valid keys: {', '.join(valid)}."
             )
+
+
+def _gpu_ids(value: Any, source: str) -> str | None:
+    """``gpu_ids`` as Accelerate writes it: "all" or "0,1" (a YAML int or list is accepted too)."""
+    if value is None or str(value).strip().lower() == "all":
+        return None if value is None else "all"
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    ids = [str(i).strip() for i in items if str(i).strip()]
+    if not ids or not all(i.isdigit() for i in ids):
+        raise EmberConfigError(f"{source}: gpu_ids={value!r} must be 'all' or GPU indices such as '0,1'.")
+    return ",".join(ids)
+
+
+def _dynamo(section: Any, source: str) -> dict[str, Any]:
+    """``dynamo_config`` with Accelerate's key names (the ``dynamo_`` prefix may be left out)."""
+    if not isinstance(section, dict):
+        raise EmberConfigError(f"{source}: dynamo_config must be a mapping, got {type(section).__name__}.")
+    out = {}
+    for key, value in section.items():
+        name = key if str(key).startswith("dynamo_") else f"dynamo_{key}"
+        if name not in DYNAMO_KEYS:
+            raise EmberConfigError(
+                f"{source}: dynamo_config: unknown key {key!r}.{did_you_mean(name, DYNAMO_KEYS)} Valid keys: "
+                f"{', '.join(DYNAMO_KEYS)}."
+            )
+        out[name] = _yaml_no(value, "no") if name == "dynamo_backend" else value
+    return out

@@ -1,7 +1,10 @@
 """``ember launch``: start a script on N processes (and M machines) through ``torch.distributed.run``.
 
 The elastic agent of torch does the work (rendezvous, restarts with ``--max_restarts``, signal forwarding);
-ember only turns its configuration into torchrun arguments and environment variables.
+ember only turns its configuration into torchrun arguments and environment variables: ``EMBER_MIXED_PRECISION``,
+``EMBER_STRATEGY``, ``EMBER_ACCELERATOR`` (``cpu``), ``EMBER_GRADIENT_ACCUMULATION_STEPS``, ``EMBER_DYNAMO_CONFIG``
+(JSON: ``{"backend", "mode", "fullgraph", "dynamic", "regional"}``, the ``torch.compile`` settings of the YAML's
+``dynamo_config``) and ``CUDA_VISIBLE_DEVICES`` (from ``gpu_ids``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from ember._errors import EmberConfigError
-from ember.cli.config import LaunchConfig
+from ember.cli.config import DYNAMO_ENV, LaunchConfig
 
 
 def free_port() -> int:
@@ -32,7 +35,20 @@ def check_resources(cfg: LaunchConfig) -> None:
             "distributed_type=MULTI_GPU asks for CUDA, but torch.cuda.is_available() is False. "
             "Use distributed_type: MULTI_CPU (or --cpu)."
         )
-    if wants_gpu and not cfg.use_cpu and per_node > torch.cuda.device_count():
+    if cfg.gpu_ids not in (None, "all") and not cfg.use_cpu and torch.cuda.is_available():
+        ids = [int(i) for i in str(cfg.gpu_ids).split(",")]
+        missing = [i for i in ids if i >= torch.cuda.device_count()]
+        if missing:
+            raise EmberConfigError(
+                f"gpu_ids={cfg.gpu_ids!r} names GPU(s) {missing}, but this machine has {torch.cuda.device_count()} "
+                f"(indices 0..{torch.cuda.device_count() - 1})."
+            )
+        if cfg.distributed_type == "MULTI_GPU" and per_node > len(ids):
+            raise EmberConfigError(
+                f"--num_processes={cfg.num_processes} is {per_node} per machine, but gpu_ids={cfg.gpu_ids!r} gives "
+                f"{len(ids)} GPU(s). List more gpu_ids or start fewer processes."
+            )
+    elif wants_gpu and not cfg.use_cpu and per_node > torch.cuda.device_count():
         raise EmberConfigError(
             f"--num_processes={cfg.num_processes} over {cfg.num_machines} machine(s) is {per_node} per machine, "
             f"but this machine has {torch.cuda.device_count()} GPU(s). Use --num_processes "
@@ -105,6 +121,11 @@ def launch(cfg: LaunchConfig, script: str, script_args: Sequence[str]) -> int:
         os.environ["EMBER_ACCELERATOR"] = "cpu"
     if cfg.gradient_accumulation_steps:
         os.environ["EMBER_GRADIENT_ACCUMULATION_STEPS"] = str(cfg.gradient_accumulation_steps)
+    if cfg.gpu_ids not in (None, "all") and not cfg.use_cpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(cfg.gpu_ids)  # the workers see only these GPUs
+    dynamo = cfg.dynamo_env()
+    if dynamo is not None:  # the workers' Accelerator compiles the model with these settings
+        os.environ[DYNAMO_ENV] = dynamo
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, cfg.num_processes))))
     # The script's own arguments are set after parsing: argparse would otherwise read a script flag that
     # abbreviates a torchrun option (e.g. --signal for --signals-to-handle) as torchrun's.

@@ -41,7 +41,7 @@ class CSVExperimentWriter:
         self.hparams: dict[str, Any] = {}
         if resume:
             self._load_existing(resume_step)
-        elif os.path.isfile(self.metrics_file_path) or os.path.isfile(self.hparams_file_path):
+        elif os.path.isfile(self.metrics_file_path):  # hparams.yaml alone: another logger of this run wrote it
             warnings.warn(
                 f"Experiment logs directory {log_dir} already holds metrics.csv/hparams.yaml; they will be "
                 "overwritten. Use a new version, or load the logger's state_dict to append to a resumed run.",

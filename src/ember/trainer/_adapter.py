@@ -33,6 +33,11 @@ def loss_of(output: Any) -> torch.Tensor:
     return loss
 
 
+def _is_built_scheduler(obj: Any) -> bool:
+    return isinstance(obj, torch.optim.lr_scheduler.LRScheduler) or (
+        hasattr(obj, "step") and isinstance(getattr(obj, "optimizer", None), torch.optim.Optimizer))
+
+
 def _describe(output: Any) -> str:
     if isinstance(output, torch.Tensor):
         return f"a tensor of shape {tuple(output.shape)}"
@@ -46,7 +51,7 @@ class WrappedModel(Module):
         self,
         model: torch.nn.Module,
         optimizer: Callable[[Iterator[torch.nn.Parameter]], torch.optim.Optimizer] | torch.optim.Optimizer,
-        lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        lr_scheduler: Callable[[torch.optim.Optimizer], Any] | Any = None,
         lr_scheduler_interval: str = "step",
     ) -> None:
         super().__init__()
@@ -56,6 +61,19 @@ class WrappedModel(Module):
             raise EmberConfigError(
                 f"Module.wrap(optimizer=...) must be an optimizer or a factory such as "
                 f"`lambda params: torch.optim.AdamW(params, lr=1e-4)`, got {type(optimizer).__name__}."
+            )
+        if lr_scheduler is not None and _is_built_scheduler(lr_scheduler):
+            bound = getattr(lr_scheduler, "optimizer", None)
+            if not isinstance(optimizer, torch.optim.Optimizer) or bound is not optimizer:
+                raise EmberConfigError(
+                    f"Module.wrap(lr_scheduler={type(lr_scheduler).__name__}(...)): a built scheduler must belong to "
+                    "the optimizer passed as optimizer= (build both on the model, or pass the scheduler as a factory "
+                    "such as `lambda opt: torch.optim.lr_scheduler.StepLR(opt, 10)`)."
+                )
+        elif lr_scheduler is not None and not callable(lr_scheduler):
+            raise EmberConfigError(
+                f"Module.wrap(lr_scheduler=...) must be a scheduler or a factory called with the optimizer, got "
+                f"{type(lr_scheduler).__name__}."
             )
         if lr_scheduler_interval not in ("step", "epoch"):
             raise unknown_value("lr_scheduler_interval", lr_scheduler_interval, ["step", "epoch"])
@@ -89,5 +107,6 @@ class WrappedModel(Module):
         optimizer = spec if isinstance(spec, torch.optim.Optimizer) else spec(self.model.parameters())
         if self._scheduler_factory is None:
             return optimizer
-        scheduler = self._scheduler_factory(optimizer)
+        factory = self._scheduler_factory
+        scheduler = factory if _is_built_scheduler(factory) else factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self._scheduler_interval}}

@@ -41,6 +41,21 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+def _is_data(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str, os.PathLike)):
+        return True
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_data(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_is_data(v) for v in value)
+    return False
+
+
+def not_data(hparams: Mapping[str, Any]) -> list[str]:
+    """Hyperparameters that :func:`plain` can only store as their ``str`` (modules, callables, other objects)."""
+    return sorted(k for k, v in hparams.items() if not _is_data(v))
+
+
 def trainer_state(t: Trainer) -> dict[str, Any]:
     loop = t._loop.state_dict()
     finite = t.num_training_batches != math.inf
@@ -50,17 +65,46 @@ def trainer_state(t: Trainer) -> dict[str, Any]:
         "callbacks": {cb.state_key: cb.state_dict() for cb in t.callbacks},
         "loggers": [logger.state_dict() for logger in t.loggers],
         "hparams": plain(dict(t._module.hparams)) if t._module is not None else {},
+        "hparams_not_data": not_data(dict(t._module.hparams)) if t._module is not None else [],
     }
+    saver = getattr(t._datamodule, "state_dict", None)
+    datamodule_state = saver() if callable(saver) else None
+    if datamodule_state:
+        state["datamodule"] = datamodule_state
     t._hooks.callbacks("on_save_checkpoint", state)
     t._hooks.module("on_save_checkpoint", state)
     return state
 
 
+_TORCH_FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".tar")
+
+
+def managed_dirs(t: Trainer) -> list[Path]:
+    """ember's own checkpoint folders for this Trainer: the ModelCheckpoint dirs and ``<root>/checkpoints``."""
+    dirs = [Path(cb.dirpath) for cb in t.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+    return [*dirs, Path(t.default_root_dir) / "checkpoints"]
+
+
+def is_managed(t: Trainer, path: Path) -> bool:
+    parent = path.parent.resolve()
+    return any(parent == d.resolve() for d in managed_dirs(t))
+
+
 def save(t: Trainer, path: Path) -> Path:
-    """Commit ``path`` atomically (every rank takes part), point ``latest`` at it, tell the loggers."""
+    """Commit ``path`` atomically (every rank takes part), tell the loggers. In ember's own checkpoint folders
+    (ModelCheckpoint's, ``<root>/checkpoints``) an uncommitted leftover at ``path`` is first moved aside and
+    ``latest`` then points at the new checkpoint; a path of the user's own gets neither."""
     from ember.checkpoint._store import write_latest
 
     acc = t.accelerator
+    managed = is_managed(t, path)
+    if managed and acc.is_main_process:
+        try:
+            notice = ckpt.move_aside_damaged(path)
+        except OSError:
+            notice = None  # save_state's own check then refuses the path, on every rank
+        if notice:
+            print(notice, flush=True)
     # saved while a training batch runs (an exception in training_step, a save from inside it): the loader has
     # handed that batch out but the loop has not counted it; record the position before it, so the two agree
     # and a resume trains that batch
@@ -78,7 +122,13 @@ def save(t: Trainer, path: Path) -> Path:
         if in_batch and loader is not None:
             loader.state.batches_consumed += 1
     if acc.is_main_process:
-        write_latest(out.parent, out.name)
+        if managed:
+            write_latest(out.parent, out.name)
+        elif out.suffix in _TORCH_FILE_SUFFIXES and out.name not in t._told_about:
+            t._told_about.add(out.name)
+            print(f"[ember] {out} is a checkpoint directory, not a torch.save file (torch.load cannot open it): load "
+                  f"it with YourModule.load_from_checkpoint({str(out)!r}) or fit(..., ckpt_path={str(out)!r}); "
+                  "its README.md says more.", flush=True)
         for logger in t.loggers:
             logger.after_save_checkpoint(str(out))
     return out
@@ -96,6 +146,14 @@ def checkpoint_dirs(t: Trainer) -> list[Path]:
         if d not in unique and d.is_dir():
             unique.append(d)
     return unique or [root / "checkpoints"]
+
+
+def searched(t: Trainer) -> str:
+    """The folders ``ckpt_path="last"`` looks in, as the user would name them (existing or not)."""
+    root = Path(t.default_root_dir)
+    places = [str(d) for d in managed_dirs(t)]
+    places.append(str(root / "*" / "version_*" / "checkpoints") + " (earlier logger versions)")
+    return ", ".join(dict.fromkeys(places))
 
 
 def _newest(paths: list[Path]) -> Path | None:
@@ -116,10 +174,15 @@ def resolve(t: Trainer, ckpt_path: str | os.PathLike[str] | None) -> Path | None
         return None
     found: Path | None
     if ckpt_path == "last":
-        found = _newest([p for p in (ckpt.find_latest(d) for d in checkpoint_dirs(t)) if p is not None])
+        dirs = checkpoint_dirs(t)
+        found = _newest([p for p in (ckpt.find_latest(d) for d in dirs) if p is not None])
+        if t.is_global_zero:
+            notice = ckpt.describe_fallback([d for d in dirs if d.is_dir()], found, "fit(ckpt_path='last')")
+            if notice:
+                print(notice, flush=True)
         if found is None:
-            warnings.warn(f"fit(ckpt_path='last'): no checkpoint in {[str(d) for d in checkpoint_dirs(t)]}; "
-                          "starting from scratch.", stacklevel=3)
+            warnings.warn(f"fit(ckpt_path='last'): no checkpoint to resume from in {searched(t)}; starting from scratch.",
+                          stacklevel=3)
     elif ckpt_path == "best":
         callback = t.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
@@ -171,6 +234,9 @@ def restore(t: Trainer, ckpt_path: str | os.PathLike[str] | None, loggers: bool 
             cb.load_state_dict(saved_callbacks[cb.state_key])
     if loggers:
         _restore_loggers(t, state.get("loggers", []))
+    loader = getattr(t._datamodule, "load_state_dict", None)
+    if "datamodule" in state and callable(loader):
+        loader(state["datamodule"])
     t._hooks.callbacks("on_load_checkpoint", state)
     t._hooks.module("on_load_checkpoint", state)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,7 +17,7 @@ TRAINER_FLAGS = (
     "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches", "callbacks", "logger",
     "log_every_n_steps", "enable_progress_bar", "enable_checkpointing", "enable_model_summary", "profiler",
     "deterministic", "benchmark", "inference_mode", "detect_anomaly", "sync_batchnorm", "fast_dev_run",
-    "overfit_batches", "default_root_dir", "seed", "handle_signals", "nonfinite",
+    "overfit_batches", "default_root_dir", "seed", "handle_signals", "nonfinite", "timeout",
 )
 #: Lightning flags ember does not have; a ported script gets a clear message instead of a TypeError
 LIGHTNING_ONLY = {
@@ -48,10 +49,21 @@ def check_choice(argument: str, value: Any, valid: Iterable[str]) -> str:
     return value.lower()
 
 
+#: precision names other libraries accept that ember has no implementation for (a clear "not supported")
+UNSUPPORTED_PRECISION = ("fp8", "8", "8-mixed", "transformer-engine", "transformer-engine-float16")
+
+
 def check_precision(value: Any) -> Any:
     if hasattr(value, "autocast") and hasattr(value, "scale_loss"):
         return value  # a Precision object
     key = str(value).lower()
+    if key in UNSUPPORTED_PRECISION:
+        valid = ", ".join(repr(v) for v in dict.fromkeys(PRECISION_ALIASES.values()))
+        raise EmberConfigError(
+            f"precision={value!r}: FP8 training is not supported by ember. Valid values: {valid} (and the aliases "
+            f"{', '.join(repr(k) for k in PRECISION_ALIASES if k not in PRECISION_ALIASES.values())}); on recent "
+            "GPUs 'bf16-mixed' is the closest."
+        )
     if key not in PRECISION_ALIASES:
         raise unknown_value("precision", value, list(PRECISION_ALIASES))
     return key
@@ -108,14 +120,24 @@ def parse_max_time(value: Any) -> float | None:
 
 def resolve_epochs(max_epochs: int | None, max_steps: int, min_epochs: int | None) -> tuple[int, int]:
     """Lightning's defaults: 1000 epochs when neither max_epochs nor max_steps is given; -1 = no limit."""
-    check_int("max_steps", max_steps, -1)
+    for name, value in (("max_steps", max_steps), ("max_epochs", max_epochs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
+            raise EmberConfigError(f"{name}={value!r} must be an integer >= 0, or -1 for no limit.")
     if max_epochs is None:
         max_epochs = 1000 if max_steps == -1 else -1
-    check_int("max_epochs", max_epochs, -1)
     minimum = check_int("min_epochs", min_epochs, 0, allow_none=True) or 0
     if max_epochs != -1 and minimum > max_epochs:
         raise EmberConfigError(f"min_epochs={minimum} is larger than max_epochs={max_epochs}.")
     return max_epochs, minimum
+
+
+def check_timeout(value: Any) -> Any:
+    """``Trainer(timeout=...)``: seconds (> 0) or a ``timedelta``, passed to the Accelerator as is."""
+    if value is None or isinstance(value, datetime.timedelta):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise EmberConfigError(f"timeout={value!r} must be a number of seconds > 0, a datetime.timedelta or None.")
+    return float(value)
 
 
 def check_val_interval(value: Any, every_n_epochs: int | None) -> int | float:

@@ -24,10 +24,22 @@ class Hooks:
         self._trainer = trainer
         self._cache: dict[tuple[str, bool | None], list[Callback]] = {}
         self._module_overrides: dict[str, bool] = {}
+        self._labels: dict[int, str] = {}
 
     def reset(self) -> None:
         self._cache.clear()
         self._module_overrides.clear()
+        self._labels.clear()
+
+    def label(self, callback: Callback) -> str:
+        """A short name for profiler rows: the class name, numbered when several callbacks share it."""
+        found = self._labels.get(id(callback))
+        if found is None:
+            same = [cb for cb in self._trainer.callbacks if type(cb) is type(callback)]
+            name = type(callback).__name__
+            found = f"{name}#{same.index(callback)}" if len(same) > 1 and callback in same else name
+            self._labels[id(callback)] = found
+        return found
 
     def overridden(self, name: str) -> bool:
         """Whether the current module overrides hook ``name`` (cached for the run)."""
@@ -66,7 +78,7 @@ class Hooks:
         trainer, module = self._trainer, self._trainer._module
         profiling = trainer._profiling
         for cb in listeners:
-            with _FxScope(trainer, name, f"[Callback]{cb.state_key}.{name}" if profiling else ""):
+            with _FxScope(trainer, name, f"[Callback]{self.label(cb)}.{name}" if profiling else ""):
                 getattr(cb, name)(trainer, module, *args)
 
     def module(self, name: str, *args: Any, force: bool = False, **kwargs: Any) -> Any:

@@ -51,6 +51,7 @@ def train_epoch(t: Trainer) -> None:
     try:
         for batch in iterator:
             is_last = loader.end_of_dataloader or loop.batch_idx + 1 >= t.num_training_batches
+            loop.is_last_batch = is_last
             with t.profiler.profile("run_training_batch"):
                 keep_going = train_batch(t, batch, loop.batch_idx, is_last)
             if not keep_going:
@@ -111,9 +112,25 @@ def train_batch(t: Trainer, batch: Any, batch_idx: int, is_last: bool) -> bool:
 
 
 def automatic_step(t: Trainer, batch: Any, batch_idx: int) -> Any:
+    """training_step → backward → at a window boundary the optimizer step.
+
+    ``training_step`` returning None skips the batch's backward, as in Lightning: at a window boundary the window
+    still steps with the gradients its other micro-batches accumulated (each was scaled by 1/K, so the skipped
+    one simply adds nothing) and zero_grad runs, so nothing leaks into the next window; a window in which every
+    micro-batch was skipped has no gradients and is dropped (no optimizer or scheduler step). With several
+    processes a skip is refused, as Lightning does: DDP needs every rank's backward.
+    """
     output = run_step(t, "training_step", batch, batch_idx)
     loss = training_loss(output)
     if loss is None:
+        if t.world_size > 1:
+            raise EmberConfigError(
+                f"training_step returned None (skip the batch) at batch {batch_idx} in a {t.world_size}-process run: "
+                "every process must run backward for DDP's gradient sync. Return a loss on every rank (e.g. "
+                "loss * 0 for a batch to ignore)."
+            )
+        if t.accelerator.sync_gradients and t._loop.window_has_grads:
+            optimizer_step(t, batch_idx)
         return None
     backward(t, loss)
     if t.accelerator.sync_gradients:
@@ -134,9 +151,11 @@ def optimizer_step(t: Trainer, batch_idx: int) -> None:
     step_schedulers(t, "step", plateau=False)
     hooks.call("on_before_zero_grad", optimizer)
     hooks.module("optimizer_zero_grad", t.current_epoch, batch_idx, optimizer, force=True)
+    t._loop.window_has_grads = False
 
 
 def backward(t: Trainer, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+    t._loop.window_has_grads = True
     t._hooks.call("on_before_backward", loss)
     t._hooks.module("backward", loss, *args, force=True, **kwargs)
     t._hooks.call("on_after_backward")
@@ -171,7 +190,7 @@ def start_epoch(t: Trainer, loader: DeviceLoader) -> None:
         loop.batch_idx = 0
     else:
         loop.batch_idx, loop.resume_batches = loop.resume_batches, None
-    loop.epoch_finished = False
+    loop.epoch_finished = loop.is_last_batch = False
     t._metrics.train.reset()
     t._metrics.active, t.state.stage = t._metrics.train, "train"
     t._hooks.call("on_train_epoch_start")

@@ -21,6 +21,7 @@ from ember.data import rebuild_dataloader
 from ember.trainer import _checkpoint, _loops
 from ember.trainer._config import apply_limit
 from ember.trainer._optim_config import ModuleOptimizer, parse_optimizers
+from ember.trainer.datamodule import DataModule
 from ember.trainer.module import Module, callbacks_of, overrides
 
 if TYPE_CHECKING:
@@ -141,6 +142,8 @@ def as_module(model: Any, stage: str) -> Module:
 
 
 def is_datamodule(obj: Any) -> bool:
+    if isinstance(obj, DataModule):
+        return True
     return obj is not None and not isinstance(obj, (DataLoader, list, tuple, dict)) and any(
         hasattr(obj, f"{s}_dataloader") for s in ("train", "val", "test", "predict"))
 
@@ -188,10 +191,14 @@ def _call_datamodule(t: Trainer, datamodule: Any, stage: str) -> None:
     t._datamodule = datamodule
     if datamodule is None:
         return
+    if isinstance(datamodule, DataModule):
+        datamodule.trainer = t
     if hasattr(datamodule, "prepare_data"):
-        if t.accelerator.is_local_main_process:
+        per_node = getattr(datamodule, "prepare_data_per_node", True)
+        acc = t.accelerator
+        if acc.is_local_main_process if per_node else acc.is_main_process:
             datamodule.prepare_data()
-        t.accelerator.wait_for_everyone()
+        acc.wait_for_everyone()
     if hasattr(datamodule, "setup"):
         datamodule.setup(stage)
 
@@ -229,6 +236,7 @@ def fit(t: Trainer, module: Module, train: Any, val: Any, datamodule: Any, ckpt_
         warnings.warn(f"{type(module).__name__} has no validation_step: the validation data is not used.", stacklevel=3)
         val = None
     setup_fit(t, module, train_loader)
+    warn_if_never_logged(t)
     prepare_eval(t, val, "fit")
     _checkpoint.restore(t, ckpt_path, loggers=not preloaded)
     log_hyperparams(t, module)
@@ -311,8 +319,30 @@ def check_train_loader(t: Trainer, dataloader: Any) -> DataLoader[Any]:
         raise EmberConfigError(f"train_dataloaders must be a torch DataLoader, got {type(dataloader).__name__}.")
     if t.overfit_batches and not isinstance(dataloader.dataset, IterableDataset):
         dataloader = rebuild_dataloader(dataloader, sampler=SequentialSampler(dataloader.dataset))  # type: ignore[arg-type]
-    loader: DataLoader[Any] = dataloader
+    loader: DataLoader[Any] = seed_workers(dataloader)
     return loader
+
+
+def seed_workers(dataloader: DataLoader[Any]) -> DataLoader[Any]:
+    """After ``seed_everything(..., workers=True)``: a loader with workers and no ``worker_init_fn`` gets ember's
+    :func:`~ember.trainer.seed.seed_worker` (NumPy and ``random`` seeded per worker), as Lightning adds its own."""
+    from ember.trainer.seed import seed_worker, workers_seeded
+
+    if dataloader.num_workers > 0 and dataloader.worker_init_fn is None and workers_seeded():
+        dataloader.worker_init_fn = seed_worker
+    return dataloader
+
+
+def warn_if_never_logged(t: Trainer) -> None:
+    """Lightning's warning: an epoch shorter than ``log_every_n_steps`` gets no step-level logs in it."""
+    batches, every = t.num_training_batches, t.log_every_n_steps
+    if t.loggers and not t.fast_dev_run and every > 0 and batches < every and t.is_global_zero:
+        warnings.warn(
+            f"The training epoch has {batches:g} batches, fewer than Trainer(log_every_n_steps={every}): step "
+            f"metrics are sent to the loggers every {every} optimizer steps, so an epoch passes without any (and a "
+            f"fit shorter than {every} steps logs none). Pass a lower log_every_n_steps to see them.",
+            UserWarning, stacklevel=6,  # the user's trainer.fit(...) line
+        )
 
 
 def _count_train_batches(t: Trainer) -> None:
@@ -337,7 +367,7 @@ def prepare_eval(t: Trainer, loaders: Any, stage: str) -> None:
             f"`dataloader_idx`; define {method}(self, batch, batch_idx, dataloader_idx=0)."
         )
     limit = t.limits[_LIMIT_KEY[stage]]
-    t._eval_loaders = [t.accelerator.prepare_data_loader(dl, track_state=False) for dl in items]
+    t._eval_loaders = [t.accelerator.prepare_data_loader(seed_workers(dl), track_state=False) for dl in items]
     t._num_eval_batches = [apply_limit(limit, _length(dl)) for dl in t._eval_loaders]
 
 

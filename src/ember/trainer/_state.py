@@ -16,6 +16,8 @@ class LoopState:
     epoch_finished: bool = False
     resume_batches: int | None = None  # set on resume: the epoch continues after this many batches
     log_step: int = 0  # the step index loggers get (Lightning: the optimizer step the current batch belongs to)
+    is_last_batch: bool = False  # the training batch being processed is the epoch's last (Lightning's flag)
+    window_has_grads: bool = False  # a backward ran since the last zero_grad (not saved: saves happen at boundaries)
 
     def state_dict(self) -> dict[str, int | bool]:
         return {

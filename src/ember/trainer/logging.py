@@ -9,6 +9,13 @@ Semantics (Lightning's):
   loggers see ``<name>_epoch``.
 * ``sync_dist=True`` reduces across processes through the Accelerator — only when the value is read: at the
   log interval for step values, at the end of the epoch for epoch values (one collective per reduce op).
+  Values are matched by name, never by the order each rank logged them in; with several processes one small
+  collective first checks that every rank logged the same ``sync_dist`` names, and an
+  :class:`~ember.EmberConfigError` names the ones that differ. Epoch values logged without ``sync_dist``
+  under several processes get a one-time warning per name (each rank keeps its own value, as in Lightning).
+* A ``torchmetrics.Metric`` object may be logged (``self.log("acc", self.accuracy)``): its step value is the
+  batch value of the last ``metric(preds, target)`` call; its epoch value is ``metric.compute()`` (which
+  synchronises across processes itself) followed by ``metric.reset()``, as in Lightning.
 * ``callback_metrics`` / ``progress_bar_metrics`` / ``logged_metrics`` are dicts of tensors. Loggers receive
   Python floats every ``log_every_n_steps`` optimizer steps and at epoch ends: all tensors are stacked and
   read with a single host transfer.
@@ -23,7 +30,10 @@ Semantics (Lightning's):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import sys
+import warnings
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +132,41 @@ def _as_value(name: str, value: Any) -> torch.Tensor | float:
     )
 
 
+def is_metric_object(value: Any) -> bool:
+    """A ``torchmetrics.Metric`` (checked without importing torchmetrics: it is optional)."""
+    module = sys.modules.get("torchmetrics")
+    metric_cls = getattr(module, "Metric", None) if module is not None else None
+    return metric_cls is not None and isinstance(value, metric_cls)
+
+
+def _metric_value(name: str, value: Any) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        raise EmberConfigError(
+            f"self.log({name!r}, <torchmetrics metric>): its compute() returned "
+            f"{type(value).__name__ if not isinstance(value, torch.Tensor) else tuple(value.shape)}; self.log takes "
+            "metrics that compute a scalar (log the parts of a MetricCollection or a per-class metric one by one)."
+        )
+    tensor: torch.Tensor = value.detach().reshape(())
+    return tensor if tensor.is_floating_point() else tensor.float()
+
+
+def names_digest(names: Sequence[str]) -> int:
+    """A 32-bit digest of an ordered list of metric names (compared across ranks before a sync)."""
+    return zlib.crc32("\x00".join(names).encode())
+
+
+def mismatch_message(per_rank: Sequence[Sequence[str]]) -> str:
+    """Which ``sync_dist`` names each rank logged, and which are missing somewhere."""
+    union = sorted({n for names in per_rank for n in names})
+    partial = [n for n in union if any(n not in names for names in per_rank)]
+    listing = "; ".join(f"rank {r}: {sorted(names)}" for r, names in enumerate(per_rank))
+    return (
+        f"self.log(..., sync_dist=True): the processes logged different metrics, which cannot be reduced together "
+        f"({listing}). Not logged on every rank: {partial}. Log each sync_dist metric on every rank at the same "
+        "steps (with the same reduce_fx), or drop sync_dist for values that are local to one rank."
+    )
+
+
 def _combine(op: str, a: Any, b: Any) -> Any:
     if a is None:
         return b
@@ -143,7 +188,7 @@ def _tensor(value: Any, device: torch.device | None = None) -> torch.Tensor:
 
 
 class _Entry:
-    __slots__ = ("dirty", "epoch_name", "fresh", "name", "options", "step_name", "total", "value", "weight")
+    __slots__ = ("dirty", "epoch_name", "fresh", "metric", "name", "options", "step_name", "total", "value", "weight")
 
     def __init__(self, name: str, options: LogOptions) -> None:
         self.name = name
@@ -155,15 +200,24 @@ class _Entry:
         self.weight = 0
         self.fresh = False  # a step value not yet sent to the loggers
         self.dirty = False  # epoch data not yet finalized
+        self.metric: Any = None  # a logged torchmetrics.Metric: computed and reset at the end of the epoch
 
+    @property
+    def synced(self) -> bool:
+        """Reduced by ember across processes (a torchmetrics Metric synchronises itself in compute())."""
+        return self.options.sync_dist and self.metric is None
 
 
 class MetricStore:
     """Values logged during one stage (training, validation or test) of the current epoch."""
 
-    def __init__(self, reduce: Callable[[torch.Tensor, str], torch.Tensor], device: torch.device) -> None:
+    def __init__(
+        self, reduce: Callable[[torch.Tensor, str], torch.Tensor], device: torch.device,
+        agree: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self._reduce = reduce
         self._device = device
+        self._agree = agree  # with several processes: checks every rank syncs the same names (a collective)
         self.entries: dict[str, _Entry] = {}
         self.suffix = ""  # "/dataloader_idx_N" with several evaluation loaders
         self._batch: Any = None
@@ -185,8 +239,10 @@ class MetricStore:
             entry = self.entries[key] = _Entry(key, options)
         elif entry.options is not options and entry.options != options and _key(entry.options) != _key(options):
             raise EmberConfigError(f"self.log({name!r}) was called before with different options in this epoch.")
-        v = _as_value(name, value)
         opts = entry.options
+        if is_metric_object(value):
+            return self._log_metric_object(entry, value)
+        v = _as_value(name, value)
         if opts.on_step:
             entry.value, entry.fresh = v, True
         if opts.on_epoch:
@@ -199,12 +255,31 @@ class MetricStore:
             entry.dirty = True
         return entry
 
+    def _log_metric_object(self, entry: _Entry, metric: Any) -> _Entry:
+        """A torchmetrics Metric: the step value is its last batch value; the epoch value is computed later."""
+        entry.metric = metric
+        if entry.options.on_step:
+            cached = getattr(metric, "_forward_cache", None)  # set by metric(preds, target), not by update()
+            if isinstance(cached, torch.Tensor) and cached.numel() == 1:
+                entry.value, entry.fresh = _metric_value(entry.name, cached), True
+        if entry.options.on_epoch:
+            entry.dirty = True
+        return entry
+
+    def _synced(self, entries: list[_Entry]) -> list[_Entry]:
+        """The entries ember reduces, sorted by name; every rank first checks the others sync the same names."""
+        synced = sorted((e for e in entries if e.synced), key=lambda e: e.name)
+        if self._agree is not None:
+            self._agree([e.name if e.options.reduce_fx == "mean" else f"{e.name} (reduce_fx={e.options.reduce_fx})"
+                         for e in synced])
+        return synced
+
     def flush_step(self) -> list[tuple[_Entry, torch.Tensor]]:
         """Fresh step values (reduced across processes where ``sync_dist``), marked as sent."""
         fresh = [e for e in self.entries.values() if e.fresh]
         for entry in fresh:
             entry.fresh = False
-        synced = [e for e in fresh if e.options.sync_dist]
+        synced = self._synced(fresh)
         reduced = self._sync([(e.options.reduce_fx, [_tensor(e.value, self._device)]) for e in synced])
         values = {id(e): r[0] for e, r in zip(synced, reduced)}
         return [(e, values.get(id(e), _tensor(e.value))) for e in fresh]
@@ -214,7 +289,7 @@ class MetricStore:
         dirty = [e for e in self.entries.values() if e.dirty]
         for entry in dirty:
             entry.dirty = False
-        synced = [e for e in dirty if e.options.sync_dist]
+        synced = self._synced(dirty)
         parts = [
             ("sum", [_tensor(e.total, self._device), _tensor(float(e.weight), self._device)])
             if e.options.reduce_fx == "mean" else (e.options.reduce_fx, [_tensor(e.total, self._device)])
@@ -223,11 +298,15 @@ class MetricStore:
         reduced = {id(e): r for e, r in zip(synced, self._sync(parts))}
         out = []
         for entry in dirty:
+            if entry.metric is not None:  # compute() synchronises across processes itself; then a new epoch
+                out.append((entry, _metric_value(entry.name, entry.metric.compute())))
+                entry.metric.reset()
+                continue
             parts_e = reduced.get(id(entry))
             if parts_e is None:
                 parts_e = [_tensor(entry.total), _tensor(float(entry.weight))]
             if entry.options.reduce_fx == "mean":
-                weight = parts_e[1] if entry.options.sync_dist else float(entry.weight)
+                weight = parts_e[1] if entry.synced else float(entry.weight)
                 value = parts_e[0] / weight
             else:
                 value = parts_e[0]
@@ -276,15 +355,26 @@ def to_floats(values: Mapping[str, Any]) -> dict[str, float]:
 class MetricsHub:
     """The Trainer's view of all stores: ``callback_metrics``, ``logged_metrics``, ``progress_bar_metrics``."""
 
-    def __init__(self, reduce: Callable[[torch.Tensor, str], torch.Tensor], device: torch.device) -> None:
+    def __init__(
+        self, reduce: Callable[[torch.Tensor, str], torch.Tensor], device: torch.device,
+        agree: Callable[[list[str]], None] | None = None, warn_unsynced: bool = False,
+    ) -> None:
         self.callback_metrics: dict[str, torch.Tensor] = {}
         self.logged_metrics: dict[str, torch.Tensor] = {}
         self.progress_bar_metrics: dict[str, torch.Tensor] = {}
-        self.train = MetricStore(reduce, device)
-        self.eval = MetricStore(reduce, device)
+        self.train = MetricStore(reduce, device, agree)
+        self.eval = MetricStore(reduce, device, agree)
         self.active: MetricStore | None = None
         self.training = False  # step values of the training store also feed callback_metrics
         self._options: dict[tuple[Any, ...], LogOptions] = {}
+        self._warn_unsynced = warn_unsynced  # several processes, global rank 0: say once per unsynced epoch value
+        self._warned: set[str] = set()
+
+    def reset_metrics(self) -> None:
+        """Empty ``callback_metrics``, ``logged_metrics`` and ``progress_bar_metrics`` (a new fit/validate/...)."""
+        self.callback_metrics.clear()
+        self.logged_metrics.clear()
+        self.progress_bar_metrics.clear()
 
     def log(self, fx: str | None, name: str, value: Any, **kw: Any) -> None:
         store = self.active
@@ -301,7 +391,7 @@ class MetricsHub:
             if len(self._options) < 4096:
                 self._options[key] = options
         entry = store.log(name, value, options)
-        if options.on_step:
+        if options.on_step and entry.value is not None:
             tensor = _tensor(entry.value)
             if store is self.train:
                 self.callback_metrics[entry.name] = tensor
@@ -326,7 +416,10 @@ class MetricsHub:
     def epoch_log(self, store: MetricStore) -> dict[str, torch.Tensor]:
         """Finalize the epoch values of ``store``: update the three dicts, return what loggers get."""
         out: dict[str, torch.Tensor] = {}
-        for entry, value in store.finalize_epoch():
+        finalized = store.finalize_epoch()
+        if self._warn_unsynced:
+            self._warn_about_unsynced([entry for entry, _ in finalized])
+        for entry, value in finalized:
             self.callback_metrics[entry.name] = value
             self.callback_metrics[entry.epoch_name] = value
             if entry.options.prog_bar:
@@ -335,3 +428,34 @@ class MetricsHub:
                 out[entry.epoch_name] = value
         self.logged_metrics.update(out)
         return out
+
+    def _warn_about_unsynced(self, entries: list[_Entry]) -> None:
+        """Lightning's advice, once per name: epoch values of tensors logged without sync_dist stay per rank."""
+        names = sorted(e.name for e in entries
+                       if not e.options.sync_dist and e.metric is None and isinstance(e.total, torch.Tensor)
+                       and e.name not in self._warned)
+        if not names:
+            return
+        self._warned.update(names)
+        shown = ", ".join(repr(n) for n in names)
+        warnings.warn(
+            f"{shown} logged on epoch level without sync_dist in a multi-process run: each process keeps its own "
+            f"value (this process shows rank 0's). Use self.log({names[0]!r}, ..., sync_dist=True) to reduce it "
+            "across processes.", UserWarning, stacklevel=2,
+        )
+
+
+def agree_on_names(
+    names: list[str], reduce: Callable[[torch.Tensor, str], torch.Tensor],
+    gather: Callable[[list[str]], list[list[str]]], device: torch.device,
+) -> None:
+    """Every rank calls this with the names it is about to reduce; raises on every rank if they differ.
+
+    One all-reduce (MAX) of ``[digest, -digest]``: equal on every rank iff max == min. Only on a mismatch are the
+    names gathered, to say which differ.
+    """
+    digest = names_digest(names)
+    flags = reduce(torch.tensor([digest, -digest], dtype=torch.int64, device=device), "max").tolist()
+    if flags[0] == -flags[1]:
+        return
+    raise EmberConfigError(mismatch_message(gather(names)))

@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+
+from ember.trainer._hparams import AttributeDict, hparams_from_call
 
 if TYPE_CHECKING:
     from ember.callbacks.base import Callback
@@ -49,48 +52,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AttributeDict", "LightningModule", "Module"]
 
-
 #: positional arguments of ``Tensor.backward`` after the tensor, in order
 _BACKWARD_ARGS = ("gradient", "retain_graph", "create_graph", "inputs")
-
-class AttributeDict(dict[str, Any]):
-    """A dict whose keys are also attributes: ``hparams.lr`` is ``hparams["lr"]``.
-
-    >>> AttributeDict(lr=0.1).lr
-    0.1
-    """
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError as err:
-            raise AttributeError(f"hparams has no {key!r}; saved: {sorted(self)}") from err
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
-
-    def __delattr__(self, key: str) -> None:
-        del self[key]
-
-
-def _init_args(frame: types.FrameType) -> dict[str, Any]:
-    info = inspect.getargvalues(frame)
-    values = {name: info.locals[name] for name in info.args if name != "self" and name in info.locals}
-    if info.keywords and isinstance(info.locals.get(info.keywords), Mapping):
-        values.update(info.locals[info.keywords])
-    return values
-
-
-def _collect_init_args(frame: types.FrameType | None, owner: object) -> dict[str, Any]:
-    """Arguments of every ``__init__`` on the stack that belongs to ``owner`` (outer classes win, as Lightning)."""
-    frames: list[dict[str, Any]] = []
-    while frame is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is owner:
-        frames.append(_init_args(frame))
-        frame = frame.f_back
-    merged: dict[str, Any] = {}
-    for args in frames:
-        merged.update(args)
-    return merged
+_M = TypeVar("_M", bound="Module")
 
 
 class Module(torch.nn.Module):
@@ -214,19 +178,7 @@ class Module(torch.nn.Module):
         if frame is None:
             current = inspect.currentframe()
             frame = current.f_back if current is not None else None
-        if len(args) == 1 and not isinstance(args[0], str):
-            given = args[0]
-            values = dict(vars(given) if hasattr(given, "__dict__") and not isinstance(given, Mapping) else given)
-        else:
-            values = _collect_init_args(frame, self)
-            if args:
-                missing = [name for name in args if name not in values]
-                if missing:
-                    raise ValueError(f"save_hyperparameters{args}: {missing} are not arguments of __init__.")
-                values = {name: values[name] for name in args}
-        ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
-        values = {k: v for k, v in values.items() if k not in ignored and not k.startswith("_")}
-        self.hparams.update(values)
+        self.hparams.update(hparams_from_call(self, args, ignore, frame))
         self.__dict__["_log_hyperparams"] = logger
 
     # --------------------------------------------------------------------------------------------
@@ -448,7 +400,12 @@ class Module(torch.nn.Module):
     # steps and configuration (override these)
     # --------------------------------------------------------------------------------------------
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
-        """Return the loss (a tensor), a dict with ``"loss"``, or None to skip the batch. Required for fit."""
+        """Return the loss (a tensor), a dict with ``"loss"``, or None to skip the batch. Required for fit.
+
+        A skipped batch adds no gradient; when it ends an accumulation window, the window still steps with what its
+        other batches accumulated, and a window of skipped batches only is dropped (Lightning's rule). With several
+        processes skipping is refused: DDP needs every rank's backward.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement training_step(batch, batch_idx).")
 
     def validation_step(self, *args: Any, **kwargs: Any) -> Any:
@@ -542,6 +499,41 @@ class Module(torch.nn.Module):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
 
+    @classmethod
+    def load_from_checkpoint(
+        cls: type[_M], checkpoint_path: str | os.PathLike[str], map_location: Any = None,
+        hparams_file: str | os.PathLike[str] | None = None, strict: bool | None = None, **kwargs: Any,
+    ) -> _M:
+        """Build the module from an ember checkpoint directory: ``cls(**saved hparams, **kwargs)`` + its weights.
+
+        Works on directories from ``trainer.save_checkpoint``, ``ModelCheckpoint`` and ``Accelerator.save_state``
+        (which hold no hyperparameters). Files are verified against the manifest; nothing is unpickled.
+        ``map_location`` is a device to move the module to.
+
+        >>> import os, tempfile, torch, ember as L
+        >>> from torch.utils.data import DataLoader
+        >>> class Net(L.Module):
+        ...     def __init__(self, width=2, lr=0.1):
+        ...         super().__init__()
+        ...         self.save_hyperparameters()
+        ...         self.w = torch.nn.Parameter(torch.zeros(width))
+        ...     def training_step(self, x, batch_idx):
+        ...         return (x @ self.w - 1).pow(2).mean()
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        >>> trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(Net(lr=0.2), DataLoader(torch.ones(8, 2), batch_size=4))  # doctest: +ELLIPSIS
+        [ember] ...
+        >>> path = trainer.save_checkpoint(os.path.join(tempfile.mkdtemp(), "net"))
+        >>> model = Net.load_from_checkpoint(path, lr=0.5)
+        >>> model.hparams, torch.equal(model.w, trainer.lightning_module.w)
+        ({'width': 2, 'lr': 0.5}, True)
+        """
+        from ember.trainer._load import load_from_checkpoint
+
+        return load_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, strict, **kwargs)
+
     # --------------------------------------------------------------------------------------------
     # a plain nn.Module, no subclass
     # --------------------------------------------------------------------------------------------
@@ -550,14 +542,15 @@ class Module(torch.nn.Module):
         cls,
         model: torch.nn.Module,
         optimizer: Callable[[Iterator[torch.nn.Parameter]], torch.optim.Optimizer] | torch.optim.Optimizer,
-        lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        lr_scheduler: Callable[[torch.optim.Optimizer], Any] | Any = None,
         lr_scheduler_interval: str = "step",
     ) -> Module:
         """Train a plain ``nn.Module`` (e.g. a Hugging Face model) whose forward returns a loss or ``.loss``.
 
         ``optimizer`` is a factory called with the parameters (``lambda p: AdamW(p, lr=1e-4)``,
         ``functools.partial(AdamW, lr=1e-4)``) or an optimizer already built on ``model.parameters()``;
-        ``lr_scheduler`` a factory called with the optimizer, stepped every optimizer step by default.
+        ``lr_scheduler`` a factory called with the optimizer, or a scheduler already built on that optimizer;
+        it steps every optimizer step by default (``lr_scheduler_interval="epoch"``: every epoch).
 
         >>> import torch, ember as L
         >>> class Net(torch.nn.Module):

@@ -51,10 +51,10 @@ continues exactly. ``nonfinite="skip"|"halt"`` guards each optimizer step agains
 from __future__ import annotations
 
 import atexit
+import datetime
 import gc
 import math
 import os
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -71,6 +71,7 @@ from ember.trainer import _config as cfg
 from ember.trainer import _loops, _setup
 from ember.trainer._hooks import Hooks
 from ember.trainer._launch import auto_devices, check_devices, must_launch, parse_devices, relaunch
+from ember.trainer._properties import TrainerProperties
 from ember.trainer._state import LoopState, TrainerState
 from ember.trainer.logging import MetricsHub
 from ember.trainer.module import Module
@@ -82,13 +83,15 @@ if TYPE_CHECKING:
     from ember.trainer._optim_config import LRSchedulerConfig
 
 
-class Trainer:
+class Trainer(TrainerProperties):
     """Fit, validate, test and predict an :class:`ember.Module`; arguments and semantics mirror Lightning's.
 
     Unknown arguments and strings fail here, before any process group, model or data work, with a
     "did you mean". ``max_epochs`` defaults to 1000 when neither ``max_epochs`` nor ``max_steps`` is given.
     ``logger=True`` writes TensorBoard files (CSV when tensorboard is not installed) under
-    ``default_root_dir`` (default ``./runs``, as the Accelerator's ``project_dir``).
+    ``default_root_dir`` (default ``./runs``, as the Accelerator's ``project_dir``). ``timeout`` (seconds or a
+    ``timedelta``) is the collective timeout of the process group, as ``Accelerator(timeout=...)``: a stalled rank
+    makes its peers fail after that long (see docs/faults.md).
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class Trainer:
         seed: int | None = None,
         handle_signals: bool | Sequence[int | str] = False,
         nonfinite: str = "off",
+        timeout: float | datetime.timedelta | None = None,
         **unknown: Any,
     ) -> None:
         cfg.check_unknown(unknown)
@@ -181,13 +185,15 @@ class Trainer:
             self._accelerator = Accelerator(
                 mixed_precision=self._precision_flag, strategy=self._strategy_flag, accelerator=kind,
                 gradient_accumulation_steps=self._accumulate, seed=seed, project_dir=self.default_root_dir,
-                handle_signals=handle_signals, nonfinite=nonfinite,
+                handle_signals=handle_signals, nonfinite=nonfinite, timeout=cfg.check_timeout(timeout),
             )
             _setup.apply_backend_flags(deterministic, benchmark)
             if self._accelerator.process.world_size > 1:  # test/predict may follow fit: close at exit
                 atexit.register(_shutdown, weakref.ref(self), self._accelerator.strategy)
         device = self._accelerator.device if self._accelerator is not None else torch.device("cpu")
-        self._metrics = MetricsHub(self._reduce, device)
+        multi = self._accelerator is not None and self._accelerator.num_processes > 1
+        self._metrics = MetricsHub(self._reduce, device, agree=self._agree_on_names if multi else None,
+                                   warn_unsynced=multi and self.is_global_zero)
         self.callbacks: list[Callback] = _setup.build_callbacks(
             self, callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary
         )
@@ -195,6 +201,10 @@ class Trainer:
         self.profiler: Profiler = _setup.build_profiler(profiler)
         self._profiling = profiler is not None
         self._init_state()
+        if self.fast_dev_run and self._accelerator is not None and self.is_global_zero:
+            n = self.fast_dev_run
+            print(f"[ember] fast_dev_run={n}: a quick check with {n} batch(es) per loop, 1 epoch and no sanity check; "
+                  "logging (no logger writes) and checkpointing (no checkpoint is saved) are off.", flush=True)
 
     def _init_state(self) -> None:
         """What a run fills in: the module, prepared objects, loop counters, status."""
@@ -215,6 +225,7 @@ class Trainer:
         self._log_dir: str | None = None
         self._start_time: float | None = None
         self.ckpt_path: str | None = None
+        self._told_about: set[str] = set()  # checkpoint names already explained once (not torch.save files)
 
     # ------------------------------------------------------------------------------------------------
     # entry points
@@ -357,6 +368,7 @@ class Trainer:
 
     def _run(self, stage: str, module: Module, body: Callable[[], None]) -> None:
         self.state = TrainerState(fn=stage, stage=stage if stage != "fit" else "train", status="running")
+        self._metrics.reset_metrics()  # each entry point starts with empty metric dicts, as in Lightning
         self._module = module
         module.trainer = self
         self._hooks.reset()
@@ -388,7 +400,10 @@ class Trainer:
     ) -> Path:
         """Write a checkpoint directory through ``Accelerator.save_state`` (collective: call on every rank).
 
-        Resume with ``fit(..., ckpt_path=path)``:
+        The checkpoint is a directory, not a ``torch.save`` file (``torch.load`` cannot open it; its ``README.md``
+        says how to load it). Nothing else is written next to a path of your own; in ModelCheckpoint's folder a
+        ``latest`` file points at the newest checkpoint. Resume with ``fit(..., ckpt_path=path)``, or rebuild the
+        module with ``MyModule.load_from_checkpoint(path)``:
 
         >>> import os, tempfile
         >>> import torch, ember as L
@@ -410,7 +425,7 @@ class Trainer:
         [ember] ...
         >>> path = trainer.save_checkpoint(os.path.join(tempfile.mkdtemp(), "epoch-1"))
         >>> sorted(os.listdir(path))  # doctest: +NORMALIZE_WHITESPACE
-        ['manifest.json', 'model.safetensors', 'optimizer.json', 'precision.json', 'state-rank0.json',
+        ['README.md', 'manifest.json', 'model.safetensors', 'optimizer.json', 'precision.json', 'state-rank0.json',
          'state-rank0.safetensors', 'trainer.json']
         >>> trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
         ...                     enable_progress_bar=False, enable_model_summary=False)
@@ -438,194 +453,18 @@ class Trainer:
     def _module_optimizers(self) -> list[Any]:
         return self._manual_optimizers or list(self._optimizers)
 
+    def _agree_on_names(self, names: list[str]) -> None:
+        from ember._collectives import gather_objects
+        from ember.trainer.logging import agree_on_names
+
+        acc = self.accelerator
+        agree_on_names(names, self._reduce, lambda mine: gather_objects(acc.strategy, [mine]), acc.device)
+
     def _reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
         if self._accelerator is None:
             return tensor
         reduced: torch.Tensor = self._accelerator.reduce(tensor, op)
         return reduced
-
-    # ------------------------------------------------------------------------------------------------
-    # properties (the surface callbacks read: see ember.callbacks.base)
-    # ------------------------------------------------------------------------------------------------
-    @property
-    def accelerator(self) -> Accelerator:
-        if self._accelerator is None:
-            raise RuntimeError("this process only launches the workers; it has no Accelerator.")
-        return self._accelerator
-
-    @property
-    def strategy(self) -> Any:
-        return self.accelerator.strategy
-
-    @property
-    def precision(self) -> str:
-        return self._accelerator.precision.name if self._accelerator is not None else str(self._precision_flag)
-
-    @property
-    def lightning_module(self) -> Module | None:
-        return self._module
-
-    model = lightning_module
-
-    @property
-    def datamodule(self) -> Any:
-        return self._datamodule
-
-    @property
-    def global_step(self) -> int:
-        return self._accelerator.step if self._accelerator is not None else 0
-
-    @property
-    def current_epoch(self) -> int:
-        return self._loop.epoch
-
-    @property
-    def global_rank(self) -> int:
-        return self._accelerator.process.rank if self._accelerator is not None else 0
-
-    @property
-    def local_rank(self) -> int:
-        return self._accelerator.process.local_rank if self._accelerator is not None else 0
-
-    @property
-    def node_rank(self) -> int:
-        return self._accelerator.process.node_rank if self._accelerator is not None else 0
-
-    @property
-    def world_size(self) -> int:
-        return self._accelerator.process.world_size if self._accelerator is not None else self._world_planned
-
-    @property
-    def num_devices(self) -> int:
-        return self.world_size // self.num_nodes
-
-    @property
-    def is_global_zero(self) -> bool:
-        return self.global_rank == 0
-
-    @property
-    def accumulate_grad_batches(self) -> int:
-        return self._accumulate
-
-    @accumulate_grad_batches.setter
-    def accumulate_grad_batches(self, value: int) -> None:
-        self._accumulate = int(cfg.check_int("accumulate_grad_batches", value, 1) or 1)
-        if self._accelerator is not None:
-            self._accelerator.gradient_state.accumulation_steps = self._accumulate
-
-    @property
-    def checkpoint_callbacks(self) -> list[Any]:
-        from ember.callbacks import ModelCheckpoint
-
-        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
-
-    @property
-    def checkpoint_callback(self) -> Any:
-        found = self.checkpoint_callbacks
-        return found[0] if found else None
-
-    @property
-    def early_stopping_callbacks(self) -> list[Any]:
-        from ember.callbacks import EarlyStopping
-
-        return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
-
-    @property
-    def early_stopping_callback(self) -> Any:
-        found = self.early_stopping_callbacks
-        return found[0] if found else None
-
-    @property
-    def progress_bar_callback(self) -> Any:
-        from ember.callbacks import ProgressBar
-
-        return next((cb for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
-
-    @property
-    def callback_metrics(self) -> dict[str, torch.Tensor]:
-        return self._metrics.callback_metrics
-
-    @property
-    def logged_metrics(self) -> dict[str, torch.Tensor]:
-        return self._metrics.logged_metrics
-
-    @property
-    def progress_bar_metrics(self) -> dict[str, torch.Tensor]:
-        return self._metrics.progress_bar_metrics
-
-    @property
-    def logger(self) -> Logger | None:
-        return self.loggers[0] if self.loggers else None
-
-    @property
-    def log_dir(self) -> str:
-        """The first logger's run directory (its ``save_dir`` if it has none), else ``default_root_dir``."""
-        if self._log_dir is not None:
-            return self._log_dir
-        return _setup.local_log_dir(self)
-
-    @property
-    def optimizers(self) -> list[Any]:
-        return list(self._optimizers)
-
-    @property
-    def lr_scheduler_configs(self) -> list[LRSchedulerConfig]:
-        return list(self._scheduler_configs)
-
-    @property
-    def num_training_batches(self) -> float:
-        return self._num_training_batches
-
-    @property
-    def num_val_batches(self) -> list[float]:
-        return list(self._num_eval_batches) if self.state.fn in ("fit", "validate") else []
-
-    @property
-    def num_test_batches(self) -> list[float]:
-        return list(self._num_eval_batches) if self.state.fn == "test" else []
-
-    @property
-    def num_sanity_val_batches(self) -> list[float]:
-        steps = math.inf if self.num_sanity_val_steps == -1 else self.num_sanity_val_steps
-        return [min(steps, n) for n in self._num_eval_batches]
-
-    @property
-    def estimated_stepping_batches(self) -> float:
-        """Optimizer steps the whole fit will take (for schedulers built in ``configure_optimizers``)."""
-        batches = self._num_training_batches
-        if batches == math.inf or self.max_epochs == -1:
-            return float(self.max_steps) if self.max_steps != -1 else math.inf
-        total = math.ceil(batches / self._accumulate) * max(self.max_epochs, 1)
-        return float(min(total, self.max_steps) if self.max_steps != -1 else total)
-
-    @property
-    def training(self) -> bool:
-        return self.state.stage == "train"
-
-    @property
-    def validating(self) -> bool:
-        return self.state.stage == "validate"
-
-    @property
-    def testing(self) -> bool:
-        return self.state.stage == "test"
-
-    @property
-    def predicting(self) -> bool:
-        return self.state.stage == "predict"
-
-    @property
-    def sanity_checking(self) -> bool:
-        return self.state.stage == "sanity_check"
-
-    @property
-    def interrupted(self) -> bool:
-        return self.state.status == "interrupted"
-
-    @property
-    def elapsed_time(self) -> float:
-        """Seconds since this ``fit`` started training."""
-        return 0.0 if self._start_time is None else time.monotonic() - self._start_time
 
     def __repr__(self) -> str:
         return f"Trainer(precision={self.precision!r}, world_size={self.world_size}, max_epochs={self.max_epochs})"

@@ -381,7 +381,7 @@ def run_trainer(args: argparse.Namespace) -> None:
         accelerator="cpu", max_epochs=args.epochs, accumulate_grad_batches=args.accum, seed=0, deterministic=True,
         strategy=args.strategy,
         default_root_dir=args.out, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, handle_signals=args.handle_signals, nonfinite=args.nonfinite,
+        num_sanity_val_steps=0, handle_signals=args.handle_signals, nonfinite=args.nonfinite, timeout=args.timeout,
         callbacks=[Faulty(), ModelCheckpoint(
             dirpath=args.out / "checkpoints", every_n_train_steps=args.save_every,
             save_top_k=-1 if args.keep_last is None else args.keep_last, save_last=args.keep_last is None,
