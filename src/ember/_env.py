@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 #: variables ``ember launch`` sets for its workers (and nothing else reads)
@@ -152,3 +153,17 @@ def _json_section(env: Mapping[str, str], name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{name} must hold a JSON object, got {raw!r}")
     return value
+
+
+def default_config_file(env: Mapping[str, str] | None = None) -> Path:
+    """Where ``ember config`` writes and ``ember launch`` reads the default config (``$EMBER_HOME``, else
+    ``$XDG_CACHE_HOME/ember``, else ``~/.cache/ember``).
+
+    >>> default_config_file({"EMBER_HOME": "/opt/ember"}).as_posix()
+    '/opt/ember/default_config.yaml'
+    >>> default_config_file({"XDG_CACHE_HOME": "/cache"}).as_posix()
+    '/cache/ember/default_config.yaml'
+    """
+    env = os.environ if env is None else env
+    home = env.get("EMBER_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "ember")
+    return Path(os.path.expanduser(home)) / "default_config.yaml"

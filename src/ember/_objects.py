@@ -95,6 +95,8 @@ class ObjectPreparer:
         self.strategy, self.precision, self.stepper, self.state = strategy, precision, stepper, state
         self.prepared, self.notes, self.autocast = prepared, notes, autocast
         self.step_scheduler_with_optimizer = True
+        #: ``torch.compile`` settings from the launch YAML's ``dynamo_config`` (backend, mode, fullgraph, ...)
+        self.compile: dict[str, Any] = {}
 
     def models_with_optimizers(
         self, models: list[tuple[torch.nn.Module, bool]], optimizers: list[torch.optim.Optimizer]
@@ -129,6 +131,9 @@ class ObjectPreparer:
         wrapped, optimizers = self.strategy.setup(model, optimizers)
         if placement or wrapped is not model:
             self.notes.append(self.strategy.describe())
+        if self.compile:
+            wrapped = compiled(wrapped, self.compile)
+            self.notes.append(f"model compiled (torch.compile, backend={self.compile.get('backend')!r})")
         self.prepared.models.append(wrapped)
         return wrapped, optimizers
 
@@ -158,6 +163,20 @@ class ObjectPreparer:
             if ids & {id(p) for p in model.parameters()}:
                 return model
         return None
+
+
+def compiled(model: torch.nn.Module, settings: dict[str, Any]) -> torch.nn.Module:
+    """``torch.compile`` with Accelerate's dynamo settings; ``regional`` compiles each repeated block instead."""
+    kwargs = {"backend": settings.get("backend", "inductor"), "fullgraph": bool(settings.get("fullgraph")),
+              "dynamic": settings.get("dynamic")}
+    if settings.get("mode") not in (None, "default"):
+        kwargs["mode"] = settings["mode"]
+    if settings.get("regional"):
+        for block in {id(m): m for m in model.modules() if isinstance(m, torch.nn.ModuleList)}.values():
+            for child in block:
+                child.compile(**kwargs)
+        return model
+    return torch.compile(model, **kwargs)  # type: ignore[return-value]
 
 
 def _param_ids(optimizer: torch.optim.Optimizer) -> set[int]:

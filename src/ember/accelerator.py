@@ -147,6 +147,7 @@ class Accelerator:
         self._objects = ObjectPreparer(self.strategy, self.precision, self._stepper, self.gradient_state,
                                        self.prepared, self._notes, self.autocast)
         self._objects.step_scheduler_with_optimizer = step_scheduler_with_optimizer
+        self._objects.compile = dict(options.launch.dynamo_config)
         from ember._tracking import Trackers
 
         self.trackers = Trackers(self, log_with)

@@ -178,3 +178,19 @@ def test_two_process_idioms(tmp_path: Path, tools: Any) -> None:
     assert ranks[0]["hooked_grad"] == ranks[1]["hooked_grad"] == [[3.0, 3.0, 3.0, 3.0]]
     notice = "steps once per optimizer step on all 2 processes together"
     assert proc.stdout.count(notice) == 1, proc.stdout
+
+
+def test_launch_dynamo_config_compiles_the_prepared_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dynamo_config` in a launch YAML reaches the workers as EMBER_DYNAMO_CONFIG; the Accelerator compiles with it."""
+    monkeypatch.setenv("EMBER_DYNAMO_CONFIG", json.dumps({"backend": "eager", "mode": "default", "fullgraph": False,
+                                                          "dynamic": None, "regional": False}))
+    accelerator = Accelerator(cpu=True, project_dir=tmp_path, verbose=False)
+    model = torch.nn.Linear(3, 1)
+    compiled, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert type(compiled).__name__ == "OptimizedModule" and accelerator.unwrap_model(compiled) is model
+    accelerator.backward(compiled(torch.ones(2, 3)).sum())
+    optimizer.step()
+    saved = accelerator.save_state()
+    from safetensors.torch import load_file
+
+    assert sorted(load_file(str(saved / "model.safetensors"))) == ["bias", "weight"]  # no "_orig_mod." prefix

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ember._errors import EmberConfigError, did_you_mean, unknown_value
+from ember._log import info as _log_info
+from ember._log import warn
 from ember.callbacks.base import Callback
 
 if TYPE_CHECKING:
@@ -98,7 +100,7 @@ class EarlyStopping(Callback):
             if self.strict:
                 raise EmberConfigError(message)
             if trainer.is_global_zero:
-                print(f"[ember] warning: {message}")
+                warn(f"{message}")
             return
         current = logs[self.monitor].detach().float().reshape(()).cpu()
         should_stop, reason = self._evaluate(current)
@@ -109,7 +111,7 @@ class EarlyStopping(Callback):
             self.stopped_epoch = trainer.current_epoch
             self.stopping_reason_message = reason
         if reason and self.verbose and trainer.is_global_zero:
-            print(f"[ember] {reason}")
+            _log_info(f"{reason}")
 
     def _evaluate(self, current: torch.Tensor) -> tuple[bool, str | None]:
         sign = self.order_dict[self.mode]

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ember._errors import EmberConfigError, unknown_value
+from ember._log import info as _log_info
 from ember.callbacks.base import Callback
 from ember.data import apply_to_tensors
 
@@ -189,7 +190,7 @@ class LearningRateFinder(Callback):
             self._apply(trainer, pl_module, lr)
         if trainer.is_global_zero:
             where = f" (set as {self._attr(pl_module)!r})" if self._update_attr and lr is not None else ""
-            print(f"[ember] LearningRateFinder: {len(result.results['lr'])} steps from {self._min_lr:g}, "
+            _log_info(f"LearningRateFinder: {len(result.results['lr'])} steps from {self._min_lr:g}, "
                   f"suggested lr = {lr if lr is None else f'{lr:.3g}'}{where}")
         return result
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ember._errors import EmberConfigError, did_you_mean, unknown_value
+from ember._log import info as _log_info
 from ember.callbacks.base import Callback
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class ModelCheckpoint(Callback):
         if self._improves(trainer, current):
             self._update_best_and_save(trainer, current, candidates)
         elif self.verbose and trainer.is_global_zero:
-            print(f"[ember] epoch {trainer.current_epoch}, step {trainer.global_step}: {self.monitor} was not in top "
+            _log_info(f"epoch {trainer.current_epoch}, step {trainer.global_step}: {self.monitor} was not in top "
                   f"{self.save_top_k}")
 
     def _improves(self, trainer: Trainer, current: torch.Tensor) -> bool:
@@ -238,7 +239,7 @@ class ModelCheckpoint(Callback):
         self.best_model_path = pick_best(self.best_k_models, key=lambda p: float(self.best_k_models[p]))
         self.best_model_score = self.best_k_models[self.best_model_path]
         if self.verbose and trainer.is_global_zero:
-            print(f"[ember] epoch {trainer.current_epoch}, step {trainer.global_step}: {self.monitor} reached "
+            _log_info(f"epoch {trainer.current_epoch}, step {trainer.global_step}: {self.monitor} reached "
                   f"{float(current):.5f} (best {float(self.best_model_score):.5f}), saving {filepath}")
         self._save(trainer, filepath)
         if doomed and doomed != filepath:

@@ -26,6 +26,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from ember._errors import EmberConfigError
+from ember._log import info as _log_info
 from ember.callbacks.base import Callback
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class OnExceptionCheckpoint(Callback):
                           stacklevel=2)
             return
         if trainer.is_global_zero:
-            print(f"[ember] {type(exception).__name__} during fit: checkpoint saved to {self.saved_path}")
+            _log_info(f"{type(exception).__name__} during fit: checkpoint saved to {self.saved_path}")
 
     def teardown(self, trainer: Trainer, pl_module: Module, stage: str) -> None:
         """A successful fit removes the checkpoint a failed one left (as Lightning)."""

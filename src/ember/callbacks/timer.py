@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ember._errors import EmberConfigError, unknown_value
+from ember._log import info as _log_info
 from ember.callbacks.base import Callback
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ class Timer(Callback):
         trainer.should_stop = True
         if self.verbose and trainer.is_global_zero:
             elapsed = datetime.timedelta(seconds=int(self.time_elapsed("train")))
-            print(f"[ember] Time limit reached. Elapsed time is {elapsed}. Signaling Trainer to stop.")
+            _log_info(f"Time limit reached. Elapsed time is {elapsed}. Signaling Trainer to stop.")
 
     # checkpoints --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

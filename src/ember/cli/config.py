@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ember._env import default_config_file as default_config_file
 from ember._errors import EmberConfigError, did_you_mean, unknown_value
 
 #: distributed_type → ember strategy name
@@ -65,18 +64,6 @@ DYNAMO_KEYS = ("dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_
                "dynamo_use_regional_compilation")
 DYNAMO_ENV = "EMBER_DYNAMO_CONFIG"
 
-
-def default_config_file(env: Mapping[str, str] | None = None) -> Path:
-    """Where ``ember config`` writes and ``ember launch`` reads the default config.
-
-    >>> default_config_file({"EMBER_HOME": "/opt/ember"}).as_posix()
-    '/opt/ember/default_config.yaml'
-    >>> default_config_file({"XDG_CACHE_HOME": "/cache"}).as_posix()
-    '/cache/ember/default_config.yaml'
-    """
-    env = os.environ if env is None else env
-    home = env.get("EMBER_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "ember")
-    return Path(os.path.expanduser(home)) / "default_config.yaml"
 
 
 @dataclass

@@ -112,7 +112,8 @@ class Strategy(abc.ABC):
         return optimizer
 
     def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        """The user's original module inside any wrapper."""
+        """The user's original module inside any wrapper (``torch.compile``'s included)."""
+        module = peel_compiled(module)
         inner = getattr(module, "module", None)
         return inner if isinstance(inner, torch.nn.Module) and module is not inner else module
 
@@ -235,6 +236,13 @@ class Strategy(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.device})"
+
+
+def peel_compiled(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside ``torch.compile``'s wrapper (unchanged if not compiled)."""
+    while isinstance(getattr(module, "_orig_mod", None), torch.nn.Module):
+        module = module._orig_mod  # type: ignore[assignment]
+    return module
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -13,7 +13,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ember._errors import EmberConfigError
 from ember.strategies._group import close_at_exit, destroy_process_group, init_process_group
-from ember.strategies.base import BackwardSyncControl, ForwardRedirection, Reshardable, Strategy
+from ember.strategies.base import (
+    BackwardSyncControl,
+    ForwardRedirection,
+    Reshardable,
+    Strategy,
+    peel_compiled,
+)
 
 
 @dataclass
@@ -85,9 +91,11 @@ class DDPStrategy(Strategy, BackwardSyncControl, ForwardRedirection, Reshardable
         return wrapped
 
     def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        return module.module if isinstance(module, DistributedDataParallel) else module
+        module = peel_compiled(module)
+        return peel_compiled(module.module) if isinstance(module, DistributedDataParallel) else module
 
     def no_backward_sync(self, module: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
+        module = peel_compiled(module)
         if isinstance(module, DistributedDataParallel):
             return module.no_sync()
         return contextlib.nullcontext()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ember import checkpoint as ckpt
 from ember._errors import EmberConfigError
+from ember._log import info as _log_info
 
 if TYPE_CHECKING:
     from ember.trainer.trainer import Trainer
@@ -126,9 +127,9 @@ def save(t: Trainer, path: Path) -> Path:
             write_latest(out.parent, out.name)
         elif out.suffix in _TORCH_FILE_SUFFIXES and out.name not in t._told_about:
             t._told_about.add(out.name)
-            print(f"[ember] {out} is a checkpoint directory, not a torch.save file (torch.load cannot open it): load "
+            _log_info(f"{out} is a checkpoint directory, not a torch.save file (torch.load cannot open it): load "
                   f"it with YourModule.load_from_checkpoint({str(out)!r}) or fit(..., ckpt_path={str(out)!r}); "
-                  "its README.md says more.", flush=True)
+                  "its README.md says more.")
         for logger in t.loggers:
             logger.after_save_checkpoint(str(out))
     return out

@@ -18,6 +18,7 @@ import torch
 
 from ember._env import ProcessInfo
 from ember._errors import EmberConfigError
+from ember._log import info as _log_info
 
 
 def parse_devices(devices: int | str | Sequence[int], accelerator: str) -> int | None:
@@ -125,7 +126,7 @@ def relaunch(devices: int, accelerator: str, argv: Sequence[str] | None = None) 
         use_cpu=use_cpu,
         monitor_interval=0.1,
     )
-    print(f"[ember] Trainer(devices={devices}): starting {devices} processes running {script}", flush=True)
+    _log_info(f"Trainer(devices={devices}): starting {devices} processes running {script}")
     sys.stdout.flush()
     code = launch(cfg, script, argv[1:])
     raise SystemExit(code)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ember._errors import EmberConfigError
+from ember._log import info as _log_info
 from ember.strategies.base import ForwardRedirection
 from ember.trainer.logging import to_floats
 
@@ -218,8 +219,9 @@ def preempt(t: Trainer) -> None:
     dirs = [cb.dirpath for cb in t.checkpoint_callbacks if getattr(cb, "dirpath", None)]
     root = Path(dirs[0]) if dirs else Path(t.default_root_dir) / "checkpoints"
     path = _checkpoint.save(t, root / ckpt.step_dir_name(t.global_step))
-    t.accelerator.print(f"[ember] preempted: saved {path} at step {t.global_step}; exiting with status 75. Run the same "
-            "command with fit(..., ckpt_path='last') to continue.")
+    if t.is_global_zero:
+        _log_info(f"preempted: saved {path} at step {t.global_step}; exiting with status 75. Run the same "
+                  "command with fit(..., ckpt_path='last') to continue.")
     t.accelerator.exit_preempted()
 
 

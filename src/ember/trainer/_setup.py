@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 
 from ember._errors import EmberConfigError
+from ember._log import info as _log_info
 from ember.callbacks.base import Callback
 from ember.data import rebuild_dataloader
 from ember.trainer import _checkpoint, _loops
@@ -89,7 +90,7 @@ def build_callbacks(
     if t.max_time is not None:  # Trainer(max_time=...) is a Timer (as Lightning)
         if any(isinstance(c, cbs.Timer) for c in items):
             if t.is_global_zero:
-                print("[ember] Trainer(max_time=...) is ignored: the callbacks already contain a Timer.")
+                _log_info("Trainer(max_time=...) is ignored: the callbacks already contain a Timer.")
         else:
             items.append(cbs.Timer(duration=datetime.timedelta(seconds=t.max_time), interval="step"))
     return ordered(items)
@@ -265,7 +266,7 @@ def evaluate(
     results = _split_by_loader(logged, len(t._eval_loaders))
     if verbose and t.is_global_zero:
         for i, result in enumerate(results):
-            print(f"[ember] {stage} results (dataloader {i}): " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
+            _log_info(f"{stage} results (dataloader {i}): " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
     return results
 
 

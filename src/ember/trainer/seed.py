@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ember._errors import EmberConfigError
+from ember._log import info as _log_info
 
 __all__ = ["seed_everything", "seed_worker", "workers_seeded"]
 
@@ -68,7 +69,7 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
         from ember._env import ProcessInfo
 
         if ProcessInfo.from_env(os.environ).rank == 0:
-            print(f"[ember] seed set to {seed}", flush=True)
+            _log_info(f"seed set to {seed}")
     return seed
 
 

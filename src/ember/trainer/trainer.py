@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ember._errors import EmberConfigError
+from ember._log import info as _log_info
 from ember.accelerator import Accelerator
 from ember.callbacks.base import Callback
 from ember.faults import PREEMPTED_EXIT_CODE
@@ -203,8 +204,8 @@ class Trainer(TrainerProperties):
         self._init_state()
         if self.fast_dev_run and self._accelerator is not None and self.is_global_zero:
             n = self.fast_dev_run
-            print(f"[ember] fast_dev_run={n}: a quick check with {n} batch(es) per loop, 1 epoch and no sanity check; "
-                  "logging (no logger writes) and checkpointing (no checkpoint is saved) are off.", flush=True)
+            _log_info(f"fast_dev_run={n}: a quick check with {n} batch(es) per loop, 1 epoch and no sanity check; "
+                  "logging (no logger writes) and checkpointing (no checkpoint is saved) are off.")
 
     def _init_state(self) -> None:
         """What a run fills in: the module, prepared objects, loop counters, status."""
