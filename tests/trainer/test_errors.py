@@ -119,3 +119,32 @@ def test_exceptions_reach_callbacks_and_leave_status_failed(tmp_path: Path) -> N
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(Boom(), loader())
     assert seen == ["RuntimeError"] and trainer.state.status == "failed"
+
+
+def test_log_options_ember_does_not_take_fail_instead_of_being_ignored(tmp_path: Path) -> None:
+    import torch
+
+    import ember as L
+
+    for options, match in (({"enable_graph": True}, "enable_graph=True"),
+                           ({"sync_dist_group": object()}, "sync_dist_group"),
+                           ({"rank_zero_only": True, "sync_dist": True}, "cannot be synchronised")):
+        class Net(L.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.zeros(2))
+
+            def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+                loss = (x @ self.w - 1).pow(2).mean()
+                self.log("loss", loss, **options)
+                return loss
+
+            def configure_optimizers(self) -> torch.optim.Optimizer:
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        with pytest.raises(L.EmberConfigError, match=match):
+            trainer.fit(Net(), torch.utils.data.DataLoader(torch.ones(4, 2), batch_size=2))
+    with pytest.raises(L.EmberConfigError, match="weights_only=True"):
+        trainer.save_checkpoint(tmp_path / "w", weights_only=True)

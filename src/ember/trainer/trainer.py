@@ -437,6 +437,11 @@ class Trainer(TrainerProperties):
         """
         from ember.trainer._checkpoint import save
 
+        if weights_only or storage_options is not None:
+            raise EmberConfigError(
+                "save_checkpoint(weights_only=True / storage_options=...) is not supported: an ember checkpoint is a "
+                "local directory holding everything needed to resume. For weights alone use "
+                "trainer.accelerator.save_model(module, directory) (one model.safetensors, any world size).")
         return save(self, Path(filepath))
 
     # ------------------------------------------------------------------------------------------------
