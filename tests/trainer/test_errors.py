@@ -130,13 +130,14 @@ def test_log_options_ember_does_not_take_fail_instead_of_being_ignored(tmp_path:
                            ({"sync_dist_group": object()}, "sync_dist_group"),
                            ({"rank_zero_only": True, "sync_dist": True}, "cannot be synchronised")):
         class Net(L.Module):
-            def __init__(self) -> None:
+            def __init__(self, log_options: dict[str, Any]) -> None:
                 super().__init__()
                 self.w = torch.nn.Parameter(torch.zeros(2))
+                self.log_options = log_options
 
             def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
                 loss = (x @ self.w - 1).pow(2).mean()
-                self.log("loss", loss, **options)
+                self.log("loss", loss, **self.log_options)
                 return loss
 
             def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -145,6 +146,6 @@ def test_log_options_ember_does_not_take_fail_instead_of_being_ignored(tmp_path:
         trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
         with pytest.raises(L.EmberConfigError, match=match):
-            trainer.fit(Net(), torch.utils.data.DataLoader(torch.ones(4, 2), batch_size=2))
+            trainer.fit(Net(options), torch.utils.data.DataLoader(torch.ones(4, 2), batch_size=2))
     with pytest.raises(L.EmberConfigError, match="weights_only=True"):
         trainer.save_checkpoint(tmp_path / "w", weights_only=True)
