@@ -23,6 +23,8 @@ _EXPORTS: dict[str, str] = {
     "Precision": "ember.precision",
     "Strategy": "ember.strategies.base",
     "DDPStrategy": "ember.strategies.ddp",
+    "DeepSpeedStrategy": "ember.strategies.deepspeed",
+    "DeepSpeedPlugin": "ember.strategies.deepspeed",
     "SingleDeviceStrategy": "ember.strategies.single",
     "ProcessInfo": "ember._env",
     "Module": "ember.trainer.module",
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from ember.precision import Precision
     from ember.strategies.base import Strategy
     from ember.strategies.ddp import DDPStrategy
+    from ember.strategies.deepspeed import DeepSpeedPlugin, DeepSpeedStrategy
     from ember.strategies.single import SingleDeviceStrategy
     from ember.trainer.module import LightningModule, Module
     from ember.trainer.trainer import Trainer

@@ -39,6 +39,7 @@ from ember._stepping import AcceleratedOptimizer, AcceleratedScheduler, Gradient
 from ember.data import DeviceLoader
 from ember.precision import Precision
 from ember.strategies import Strategy
+from ember.strategies.base import TrainingSettings
 
 
 class Accelerator:
@@ -397,6 +398,8 @@ class Accelerator:
         loader = self.data_preparer.prepare(dataloader, placement, self._notes)
         if track_state:
             self.prepared.dataloaders.append(loader)
+            if isinstance(self.strategy, TrainingSettings) and loader.batch_size:  # e.g. DeepSpeed's micro-batch
+                self.strategy.set_micro_batch_size(loader.batch_size)
         return loader
     # ------------------------------------------------------------------------------------------------
     # the verbs, one line each; their examples live beside their code

@@ -3,8 +3,16 @@
 Names are registered in :mod:`ember.strategies.registry`; :func:`register_strategy` adds one.
 """
 
-from ember.strategies.base import BackwardSyncControl, ForwardRedirection, Reshardable, Strategy
+from ember.strategies.base import (
+    BackwardSyncControl,
+    ForwardRedirection,
+    GradientHolder,
+    Reshardable,
+    Strategy,
+    TrainingSettings,
+)
 from ember.strategies.ddp import DDPOptions, DDPStrategy
+from ember.strategies.deepspeed import DeepSpeedPlugin, DeepSpeedStrategy
 from ember.strategies.registry import register_strategy, resolve_strategy, strategy_names
 from ember.strategies.single import SingleDeviceStrategy
 from ember.strategies.topology import Topology
@@ -13,11 +21,15 @@ __all__ = [
     "BackwardSyncControl",
     "DDPOptions",
     "DDPStrategy",
+    "DeepSpeedPlugin",
+    "DeepSpeedStrategy",
     "ForwardRedirection",
+    "GradientHolder",
     "Reshardable",
     "SingleDeviceStrategy",
     "Strategy",
     "Topology",
+    "TrainingSettings",
     "register_strategy",
     "resolve_strategy",
     "strategy_names",
