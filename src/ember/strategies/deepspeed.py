@@ -101,7 +101,8 @@ class DeepSpeedStrategy(Strategy, BackwardSyncControl, ForwardRedirection, Train
         gradient_accumulation_steps / gradient_clipping: Accelerate's plugin fields (see :class:`DeepSpeedPlugin`).
         zero3_init_flag: build models under ``deepspeed.zero.Init`` in :meth:`module_init_context` (stage 3).
         zero3_save_16bit_model: ZeRO-3 checkpoints also hold the gathered ``model.safetensors``.
-        allgather_bucket_size / reduce_bucket_size: DeepSpeed's communication bucket sizes (elements).
+        allgather_bucket_size / reduce_bucket_size: DeepSpeed's communication bucket sizes (elements); by default
+            DeepSpeed's 5e8, or the model's trainable size when that is smaller (a larger bucket only costs memory).
         logging_level: DeepSpeed's logger level (default WARNING).
 
     >>> DeepSpeedStrategy(stage=1, config={"zero_optimization": {"stage": 2}})
@@ -141,12 +142,12 @@ zero_optimization.stage=2. Make them agree, or set zero_optimization.stage to "a
     def _set_options(self, stage: int | None, offload_optimizer: bool, offload_parameters: bool,
                      optimizer_device: str | None, params_device: str | None, accumulation: int | None,
                      clipping: float | None, save_16bit: bool | None, allgather: int | None,
-                     reduce: int | None, source: str = "DeepSpeedStrategy") -> None:
+                     reduce: int | None, source: str = "DeepSpeedStrategy", stage_name: str = "stage") -> None:
         draft = self.draft
         if stage is not None and stage not in (1, 2, 3):
-            raise EmberConfigError(f"{source}: ZeRO stage={stage!r} must be 1, 2 or 3 (stage 0 is plain data "
-                                   "parallelism: use strategy='ddp').")
-        draft.put("zero_optimization.stage", stage, f"{source}(stage=...)")
+            raise EmberConfigError(f"{source}({stage_name}={stage!r}): the ZeRO stage must be 1, 2 or 3 (stage 0 is "
+                                   "plain data parallelism: use strategy='ddp').")
+        draft.put("zero_optimization.stage", stage, f"{source}({stage_name}=...)")
         if offload_optimizer or optimizer_device not in (None, "none"):
             dsc.apply_offload(draft, "optimizer", optimizer_device or "cpu", None, f"{source} offload_optimizer_device")
         if offload_parameters or params_device not in (None, "none"):
@@ -185,7 +186,7 @@ zero_optimization.stage=2. Make them agree, or set zero_optimization.stage to "a
                               settings.get(f"offload_{kind}_nvme_path"), f"{where}.offload_{kind}_device")
         self._set_options(settings.get("zero_stage"), False, False, None, None, settings.get("gradient_accumulation_steps"),
                           settings.get("gradient_clipping"), settings.get("zero3_save_16bit_model"), None, None,
-                          source=where)
+                          source=where, stage_name="zero_stage")
         if settings.get("zero3_init_flag") is not None:
             self.zero3_init_flag = bool(settings["zero3_init_flag"])
 
@@ -291,6 +292,9 @@ zero_optimization.stage=2. Make them agree, or set zero_optimization.stage to "a
     def _import(self) -> Any:
         if self.device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read by DeepSpeed when it is first imported
+        for key, value in (("LOCAL_RANK", self.process.local_rank), ("RANK", self.process.rank),
+                           ("WORLD_SIZE", self.process.world_size)):  # DeepSpeed reads them (one process: unset)
+            os.environ.setdefault(key, str(value))
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
@@ -323,6 +327,11 @@ zero_optimization.stage=2. Make them agree, or set zero_optimization.stage to "a
                                    "ZeRO partition for resuming on the same world size. Remove the key.")
         hidden = getattr(getattr(module, "config", None), "hidden_size", None)
         dsc.fill_model_autos(draft, hidden if isinstance(hidden, int) else None)
+        if module is not None:  # a bucket larger than the model only costs memory (DeepSpeed allocates 5e8 elements)
+            size = sum(p.numel() for p in module.parameters() if p.requires_grad)
+            for key in ("reduce_bucket_size", "allgather_bucket_size"):
+                if draft.get(f"zero_optimization.{key}") is None:
+                    draft.set(f"zero_optimization.{key}", int(min(5e8, -(-size // 64) * 64)))  # aligned
         left = dsc.remaining_autos(draft.config)
         if left:
             raise EmberConfigError(f"ember cannot fill the DeepSpeed config's \"auto\" value(s) {left}; set them.")
@@ -417,12 +426,7 @@ zero_optimization.stage=2. Make them agree, or set zero_optimization.stage to "a
         if float(norm_type) != 2.0:
             raise EmberConfigError(f"clip_grad_norm_(norm_type={norm_type}) under DeepSpeed: DeepSpeed clips by the "
                                    "L2 norm only. Use norm_type=2.")
-        own = self.draft.own_float("gradient_clipping")
-        if own and own != float(max_norm):
-            raise EmberConfigError(
-                f"clip_grad_norm_(max_norm={max_norm}) (Trainer: gradient_clip_val), but the DeepSpeed config sets "
-                f"gradient_clipping={own}. Make them agree, or set gradient_clipping to \"auto\"."
-            )
+        self._check_clip(max_norm)
         run.clip = float(max_norm)
         with self._step_scale(run) as zero_opt:
             if hasattr(zero_opt, "scaled_global_norm"):
@@ -433,6 +437,14 @@ zero_optimization.stage=2. Make them agree, or set zero_optimization.stage to "a
                 scaled = combine_grad_norm_groups(zero_opt._get_norm_groups())
             norm = torch.as_tensor(scaled, dtype=torch.float32) / float(zero_opt.loss_scale)
         return norm.to(self.device)
+
+    def _check_clip(self, max_norm: float) -> None:
+        own = self.draft.own_float("gradient_clipping")
+        if own and own != float(max_norm):
+            raise EmberConfigError(
+                f"clip_grad_norm_(max_norm={max_norm}) (Trainer: gradient_clip_val), but the DeepSpeed config sets "
+                f"gradient_clipping={own}. Make them agree, or set gradient_clipping to \"auto\"."
+            )
 
     def clip_grad_value_(self, module: torch.nn.Module | None, parameters: Iterable[torch.nn.Parameter],
                          clip_value: float) -> None:
@@ -555,11 +567,10 @@ class DeepSpeedPlugin:
         for unsupported in ("transformer_moe_cls_names", "enable_msamp", "msamp_opt_level"):
             if getattr(self, unsupported):
                 raise EmberConfigError(f"DeepSpeedPlugin({unsupported}=...) is not supported by ember; remove it.")
-        strategy = DeepSpeedStrategy(
-            stage=self.zero_stage, config=self.hf_ds_config if self.hf_ds_config is not None else None,
-            gradient_accumulation_steps=self.gradient_accumulation_steps, gradient_clipping=self.gradient_clipping,
-            zero3_init_flag=self.zero3_init_flag, zero3_save_16bit_model=self.zero3_save_16bit_model,
-        )
+        strategy = DeepSpeedStrategy(config=self.hf_ds_config, zero3_init_flag=self.zero3_init_flag)
+        strategy._set_options(self.zero_stage, False, False, None, None, self.gradient_accumulation_steps,
+                              self.gradient_clipping, self.zero3_save_16bit_model, None, None,
+                              source="DeepSpeedPlugin", stage_name="zero_stage")
         for kind in ("optimizer", "param"):
             dsc.apply_offload(strategy.draft, kind, getattr(self, f"offload_{kind}_device"),
                               getattr(self, f"offload_{kind}_nvme_path"), f"DeepSpeedPlugin(offload_{kind}_device=...)")
