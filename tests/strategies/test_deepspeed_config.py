@@ -120,7 +120,7 @@ def test_launch_yaml_section_configures_the_strategy(tmp_path: Path) -> None:
     assert strategy.config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     with pytest.raises(EmberConfigError, match=r"unknown key 'zero_stag'\. Did you mean \"zero_stage\""):
         DeepSpeedStrategy().configure({"zero_stag": 2}, "ds.yaml")
-    with pytest.raises(EmberConfigError, match="zero_optimization.stage=2"):
+    with pytest.raises(EmberConfigError, match=r"zero_optimization\.stage=2"):
         resolve_strategy("deepspeed_stage_2", 2).configure({"zero_stage": 3})
 
 

@@ -31,11 +31,11 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ACCUM, BATCH, CLIP, LR, dataset, loss_fn, make_model  # noqa: E402
+from common import ACCUM, BATCH, CLIP, LR, dataset, loss_fn, make_model
 
-import ember as L  # noqa: E402
-from ember import Accelerator, DeepSpeedStrategy  # noqa: E402
-from ember.callbacks import Callback  # noqa: E402
+import ember as L
+from ember import Accelerator, DeepSpeedStrategy
+from ember.callbacks import Callback
 
 STRATEGIES = ["ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3"]
 
