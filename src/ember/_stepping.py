@@ -213,6 +213,8 @@ class Stepper:
         if id(optimizer) in self.skipping:  # the non-finite guard decided: skip on every rank
             self.skipping.discard(id(optimizer))
             skipped: Any = True
+            if isinstance(self.strategy, GradientHolder):  # the strategy's own accumulated gradients go too
+                self.strategy.discard_gradients_(optimizer)
         else:
             kwargs = {"closure": closure} if closure is not None else {}
             skipped = self.strategy.optimizer_step(optimizer, self.precision, **kwargs)

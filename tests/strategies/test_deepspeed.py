@@ -101,3 +101,21 @@ def test_planted_pickle_never_runs_and_every_file_is_named(two_ranks: Any) -> No
         assert any(name in m for m in messages), (name, messages)
     flipped = [u["errors"]["flip:optimizer.zero-rank1.safetensors"] for u in untrusted]
     assert all("optimizer.zero-rank1.safetensors does not match its sha256" in m for m in flipped), flipped
+
+
+def test_skipped_steps_are_counted_and_drop_their_gradients(two_ranks: Any, ds: Any) -> None:
+    """``nonfinite="skip"``: a NaN loss on rank 1 skips that window on both ranks, and under ZeRO-2 its gradients
+    (kept in the engine's partitions) are dropped too: the run ends where DDP's ends. Under fp16, DeepSpeed's own
+    overflow skips are ember's skipped steps (the scheduler and ``accelerator.step`` follow them)."""
+    for rank, (results, tensors) in enumerate(zip(two_ranks.results, two_ranks.weights)):
+        ddp, zero2 = results["skip.ddp"], results["skip.zero2"]
+        assert ddp["skipped"] == zero2["skipped"] == 1 and ddp["skipped_at"] == zero2["skipped_at"] == [5]
+        assert zero2["steps"] == ddp["steps"] == 11
+        want = ds.weights_of(tensors, "skip.ddp.")
+        got = ds.weights_of(tensors, "skip.zero2.")
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], **TOL, msg=f"rank {rank} {k}")
+        fp16 = results["skip.fp16"]
+        assert 5 in fp16["skipped_at"] and fp16["skipped"] == fp16["engine_skipped"] == len(fp16["skipped_at"])
+        assert fp16["steps"] + fp16["skipped"] == 12
+        assert all(torch.isfinite(v).all() for v in ds.weights_of(tensors, "skip.fp16.").values())

@@ -280,3 +280,7 @@ class GradientHolder(abc.ABC):
     @abc.abstractmethod
     def scale_gradients_(self, optimizer: torch.optim.Optimizer, factor: float | torch.Tensor) -> None:
         """Multiply the gradients that the next step of ``optimizer`` uses by ``factor``."""
+
+    @abc.abstractmethod
+    def discard_gradients_(self, optimizer: torch.optim.Optimizer) -> None:
+        """ember skips this step of ``optimizer`` (a non-finite guard): drop the gradients accumulated for it."""

@@ -403,6 +403,27 @@ zero_optimization.stage=2. Make them agree, or set zero_optimization.stage to "a
         run = self._require(optimizer=optimizer)
         run.factor = (run.factor or 1.0) * float(factor)
 
+    def discard_gradients_(self, optimizer: torch.optim.Optimizer) -> None:
+        """A step ember skips: the engine steps as on an fp16 overflow (its gradients dropped, no update)."""
+        run = self._require(optimizer=optimizer)
+        zero_opt = run.engine.optimizer
+
+        def overflow(*args: Any, **kwargs: Any) -> bool:
+            zero_opt.overflow = True
+            return True
+
+        names = ("check_overflow", "_overflow_check_and_loss_scale_update", "check_grad_overflow")
+        saved = {name: zero_opt.__dict__[name] for name in names if name in zero_opt.__dict__}
+        zero_opt.check_overflow = zero_opt._overflow_check_and_loss_scale_update = overflow  # ZeRO-1/2, ZeRO-3
+        zero_opt.check_grad_overflow = True
+        try:
+            run.engine.step()
+        finally:
+            for name in names:
+                zero_opt.__dict__.pop(name, None)
+            zero_opt.__dict__.update(saved)
+        run.clip = run.factor = None
+
     @contextlib.contextmanager
     def _step_scale(self, run: _Run) -> Iterator[Any]:
         """This step's clipping and accumulation rescale, applied through the ZeRO optimizer's own

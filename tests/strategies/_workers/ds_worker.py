@@ -8,9 +8,11 @@ counted bytes, checkpoint listings) and ``OUT/rank{r}.safetensors`` (final weigh
 2. Trainer ZeRO-3: fit, test, then save_checkpoint on both ranks (a save after test must not hang).
 3. The ZeRO-3 export (save_model) gathers the full weights into one safetensors file.
 4. Memory, counted: bytes of parameters, gradients and optimizer state held per rank (bf16, DDP vs ZeRO-2/3).
-5. Untrusted files: a pickle payload planted in each file of a ZeRO-2 checkpoint (manifest fixed to match) and a
+5. Skipped steps: ``nonfinite="skip"`` with a NaN loss on one rank (ZeRO-2 against DDP), and DeepSpeed's own fp16
+   overflow skips, counted by ember.
+6. Untrusted files: a pickle payload planted in each file of a ZeRO-2 checkpoint (manifest fixed to match) and a
    flipped byte; every load attempt's error is recorded per rank, and whether the payload ran.
-6. The never-killed reference of the kill/resume test: tests/faults/_workers/fault_worker.py under ZeRO-2, as
+7. The never-killed reference of the kill/resume test: tests/faults/_workers/fault_worker.py under ZeRO-2, as
    ``ember launch --config_file`` (distributed_type DEEPSPEED, zero_stage 2) would run it.
 """
 
@@ -163,6 +165,31 @@ def memory_run(strategy: str) -> dict[str, int]:
     return counted
 
 
+def skip_run(strategy: str, precision: str = "no", nonfinite: str = "off") -> dict[str, Any]:
+    """12 windows of 2 micro-batches; micro-batch 5 has a NaN loss on rank 1 (``nonfinite="skip"``) or, under fp16,
+    a loss 1e8 times too large (an overflow DeepSpeed skips)."""
+    acc = Accelerator(cpu=True, strategy=strategy, gradient_accumulation_steps=ACCUM, verbose=False, seed=0,
+                      mixed_precision=precision, nonfinite=nonfinite)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    model, opt, loader = acc.prepare(model, opt, DataLoader(dataset(), batch_size=BATCH))
+    skipped_at = []
+    for i, (x, y) in enumerate(loader):
+        with acc.accumulate(model):
+            loss = loss_fn(model, x, y)
+            if i == 5 and (precision == "fp16" or acc.process_index == 1):
+                loss = loss * (1e8 if precision == "fp16" else float("nan"))
+            acc.backward(loss)
+            opt.step()
+            opt.zero_grad()
+        if acc.sync_gradients and acc.optimizer_step_was_skipped:
+            skipped_at.append(i)
+    engine = getattr(model, "engine", None)
+    return {"steps": acc.step, "skipped": acc.skipped_steps, "skipped_at": skipped_at,
+            "engine_skipped": None if engine is None else int(engine.skipped_steps),
+            "weights": {k: v.float().clone() for k, v in acc.get_state_dict(model).items()}}
+
+
 class Payload:
     """Unpickling this creates the marker file."""
 
@@ -242,6 +269,12 @@ def main(out: Path) -> None:
             results[f"{layer}.{strategy}"] = got
     results["memory"] = {s: memory_run(s) for s in ("ddp", "deepspeed_stage_2", "deepspeed_stage_3")}
     results["seconds_memory"] = time.monotonic() - start
+    for name, args in (("ddp", ("ddp", "no", "skip")), ("zero2", ("deepspeed_stage_2", "no", "skip")),
+                       ("fp16", ("deepspeed_stage_2", "fp16"))):
+        got = skip_run(*args)
+        for k, v in got.pop("weights").items():
+            tensors[f"skip.{name}.{k}"] = v.contiguous()
+        results[f"skip.{name}"] = got
     results["untrusted"] = untrusted_run(out)
     results["seconds_untrusted"] = time.monotonic() - start
     out.mkdir(parents=True, exist_ok=True)
