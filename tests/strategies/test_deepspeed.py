@@ -119,3 +119,20 @@ def test_skipped_steps_are_counted_and_drop_their_gradients(two_ranks: Any, ds: 
         assert 5 in fp16["skipped_at"] and fp16["skipped"] == fp16["engine_skipped"] == len(fp16["skipped_at"])
         assert fp16["steps"] + fp16["skipped"] == 12
         assert all(torch.isfinite(v).all() for v in ds.weights_of(tensors, "skip.fp16.").values())
+
+
+def test_short_last_window_is_rescaled_inside_the_partitions(two_ranks: Any, ds: Any) -> None:
+    """Windows of 5 over 24 micro-batches: the last one holds 4, and ember's mean rule multiplies its gradients by
+    5/4 (through the ZeRO optimizer's loss scale), exactly as DDP's gradients are."""
+    for rank, (results, tensors) in enumerate(zip(two_ranks.results, two_ranks.weights)):
+        want = results["partial.ddp"]
+        assert want["steps"] == 5
+        for stage in ("deepspeed_stage_2", "deepspeed_stage_3"):
+            got = results[f"partial.{stage}"]
+            assert got["steps"] == 5
+            torch.testing.assert_close(torch.tensor(got["norms"]), torch.tensor(want["norms"]), **TOL)
+            if stage == "deepspeed_stage_3" and rank == 1:
+                continue
+            mine, ddp = ds.weights_of(tensors, f"partial.{stage}."), ds.weights_of(tensors, "partial.ddp.")
+            for k in ddp:
+                torch.testing.assert_close(mine[k], ddp[k], **TOL, msg=f"rank {rank} {stage} {k}")
