@@ -136,3 +136,14 @@ def test_short_last_window_is_rescaled_inside_the_partitions(two_ranks: Any, ds:
             mine, ddp = ds.weights_of(tensors, f"partial.{stage}."), ds.weights_of(tensors, "partial.ddp.")
             for k in ddp:
                 torch.testing.assert_close(mine[k], ddp[k], **TOL, msg=f"rank {rank} {stage} {k}")
+
+
+def test_zero3_init_flag_builds_the_model_partitioned(two_ranks: Any) -> None:
+    """``DeepSpeedPlugin(zero_stage=3, zero3_init_flag=True)``: a model built in ``module_init_context()`` never
+    exists whole on a rank (each holds about half), and trains exactly as the model built whole."""
+    for results in two_ranks.results:
+        got = results["zero3_init"]
+        built = got["built"]
+        assert built["visible"] == 0 and built["full"] > 0 and built["held"] <= 0.55 * built["full"]
+        assert got["steps"] == 12
+        torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(results["acc.ddp"]["losses"]), **TOL)

@@ -257,7 +257,10 @@ zero_optimization.stage=2. Make them agree, or set zero_optimization.stage to "a
             return super().module_init_context(empty_init)
         deepspeed = self._import()
         dtype = _DTYPES.get(dsc.PRECISION_SECTIONS.get(self._precision_name) or "", torch.float32)
-        return deepspeed.zero.Init(config_dict_or_path=self._engine_config(None), dtype=dtype)  # type: ignore[no-any-return]
+        full = self._engine_config(None)
+        config = {k: v for k, v in full.items() if k in ("zero_optimization", "bf16", "fp16")}  # no batch sizes:
+        config["train_micro_batch_size_per_gpu"] = 1  # zero.Init checks them against a world size of 1
+        return deepspeed.zero.Init(config_dict_or_path=config, dtype=dtype)  # type: ignore[no-any-return]
 
     # models and optimizers -------------------------------------------------------------------------------------
     def setup(self, module: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer]
@@ -328,10 +331,10 @@ zero_optimization.stage=2. Make them agree, or set zero_optimization.stage to "a
         hidden = getattr(getattr(module, "config", None), "hidden_size", None)
         dsc.fill_model_autos(draft, hidden if isinstance(hidden, int) else None)
         if module is not None:  # a bucket larger than the model only costs memory (DeepSpeed allocates 5e8 elements)
-            size = sum(p.numel() for p in module.parameters() if p.requires_grad)
+            size = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
             for key in ("reduce_bucket_size", "allgather_bucket_size"):
                 if draft.get(f"zero_optimization.{key}") is None:
-                    draft.set(f"zero_optimization.{key}", int(min(5e8, -(-size // 64) * 64)))  # aligned
+                    draft.set(f"zero_optimization.{key}", int(min(5e8, max(64, -(-size // 64) * 64))))
         left = dsc.remaining_autos(draft.config)
         if left:
             raise EmberConfigError(f"ember cannot fill the DeepSpeed config's \"auto\" value(s) {left}; set them.")

@@ -8,12 +8,13 @@ counted bytes, checkpoint listings) and ``OUT/rank{r}.safetensors`` (final weigh
 2. Trainer ZeRO-3: fit, test, then save_checkpoint on both ranks (a save after test must not hang).
 3. The ZeRO-3 export (save_model) gathers the full weights into one safetensors file.
 4. Memory, counted: bytes of parameters, gradients and optimizer state held per rank (bf16, DDP vs ZeRO-2/3).
-5. A short last accumulation window (5 micro-batches per step, 24 per rank): rescaled inside DeepSpeed's partitions.
-6. Skipped steps: ``nonfinite="skip"`` with a NaN loss on one rank (ZeRO-2 against DDP), and DeepSpeed's own fp16
+5. ``zero3_init_flag``: built partitioned, trains as the same model built whole.
+6. A short last accumulation window (5 micro-batches per step, 24 per rank): rescaled inside DeepSpeed's partitions.
+7. Skipped steps: ``nonfinite="skip"`` with a NaN loss on one rank (ZeRO-2 against DDP), and DeepSpeed's own fp16
    overflow skips, counted by ember.
-7. Untrusted files: a pickle payload planted in each file of a ZeRO-2 checkpoint (manifest fixed to match) and a
+8. Untrusted files: a pickle payload planted in each file of a ZeRO-2 checkpoint (manifest fixed to match) and a
    flipped byte; every load attempt's error is recorded per rank, and whether the payload ran.
-8. The never-killed reference of the kill/resume test: tests/faults/_workers/fault_worker.py under ZeRO-2, as
+9. The never-killed reference of the kill/resume test: tests/faults/_workers/fault_worker.py under ZeRO-2, as
    ``ember launch --config_file`` (distributed_type DEEPSPEED, zero_stage 2) would run it.
 """
 
@@ -67,6 +68,34 @@ def accelerator_run(strategy: str, out: Path, accum: int = ACCUM) -> dict[str, A
         path = acc.save_model(model, out / "export")  # gathered from both ranks' partitions
         result["export"] = str(path)
     return result
+
+
+def zero3_init_run() -> dict[str, Any]:
+    """Accelerate's ``zero3_init_flag``: the model is built already partitioned, then trains as before."""
+    from ember import DeepSpeedPlugin
+
+    acc = Accelerator(cpu=True, deepspeed_plugin=DeepSpeedPlugin(zero_stage=3, zero3_init_flag=True,
+                                                                  gradient_accumulation_steps=ACCUM),
+                      verbose=False, seed=0)
+    with acc.strategy.module_init_context():
+        model = make_model()
+    built = {"held": sum(p.ds_tensor.numel() for p in model.parameters()),
+             "full": sum(p.ds_numel for p in model.parameters()), "visible": sum(p.numel() for p in model.parameters())}
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)  # as in accelerator_run
+    model, opt, loader, sched = acc.prepare(model, opt, DataLoader(dataset(), batch_size=BATCH), sched)
+    losses = []
+    for x, y in loader:
+        with acc.accumulate(model):
+            loss = loss_fn(model, x, y)
+            acc.backward(loss)
+            losses.append(loss.item())
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(model.parameters(), CLIP)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+    return {"built": built, "losses": losses, "steps": acc.step}
 
 
 class Recorder(Callback):
@@ -270,6 +299,7 @@ def main(out: Path) -> None:
             results[f"{layer}.{strategy}"] = got
     results["memory"] = {s: memory_run(s) for s in ("ddp", "deepspeed_stage_2", "deepspeed_stage_3")}
     results["seconds_memory"] = time.monotonic() - start
+    results["zero3_init"] = zero3_init_run()
     for strategy in ("ddp", "deepspeed_stage_2", "deepspeed_stage_3"):  # 24 micro-batches in windows of 5: the
         got = accelerator_run(strategy, out, accum=5)  # last window holds 4 and is rescaled by 5/4
         for k, v in got.pop("weights").items():
