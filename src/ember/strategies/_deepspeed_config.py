@@ -201,17 +201,24 @@ HIDDEN_SIZE_KEYS: dict[str, Callable[[int], int]] = {
 }
 
 
-def fill_model_autos(draft: ConfigDraft, hidden_size: int | None) -> None:
-    """``"auto"`` bucket sizes: from ``model.config.hidden_size`` when the model has one, else DeepSpeed's default."""
+def fill_model_autos(draft: ConfigDraft, module: Any) -> None:
+    """``"auto"`` bucket sizes from ``model.config.hidden_size`` when the model has one (else DeepSpeed's default);
+    absent communication buckets no larger than the model (DeepSpeed allocates 5e8 elements: for a small model
+    that is only memory, the model fits one bucket either way)."""
+    hidden = getattr(getattr(module, "config", None), "hidden_size", None)
     zero = draft.get("zero_optimization")
-    if not isinstance(zero, dict):
-        return
     for key, rule in HIDDEN_SIZE_KEYS.items():
-        if zero.get(key) == AUTO:
-            if hidden_size:
-                zero[key] = rule(hidden_size)
+        if isinstance(zero, dict) and zero.get(key) == AUTO:
+            if isinstance(hidden, int) and hidden > 0:
+                zero[key] = rule(hidden)
             else:
                 del zero[key]
+    if module is None:
+        return
+    size = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
+    for key in ("reduce_bucket_size", "allgather_bucket_size"):
+        if draft.get(f"zero_optimization.{key}") is None:
+            draft.set(f"zero_optimization.{key}", int(min(5e8, max(64, -(-size // 64) * 64))))  # 64-aligned
 
 
 def remaining_autos(node: Any, prefix: str = "") -> list[str]:

@@ -328,13 +328,7 @@ zero_optimization.stage=2. Make them agree, or set zero_optimization.stage to "a
         if draft.get("zero_optimization.elastic_checkpoint"):
             raise EmberConfigError("zero_optimization.elastic_checkpoint is not supported: ember saves each rank's "
                                    "ZeRO partition for resuming on the same world size. Remove the key.")
-        hidden = getattr(getattr(module, "config", None), "hidden_size", None)
-        dsc.fill_model_autos(draft, hidden if isinstance(hidden, int) else None)
-        if module is not None:  # a bucket larger than the model only costs memory (DeepSpeed allocates 5e8 elements)
-            size = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
-            for key in ("reduce_bucket_size", "allgather_bucket_size"):
-                if draft.get(f"zero_optimization.{key}") is None:
-                    draft.set(f"zero_optimization.{key}", int(min(5e8, max(64, -(-size // 64) * 64))))
+        dsc.fill_model_autos(draft, module)
         left = dsc.remaining_autos(draft.config)
         if left:
             raise EmberConfigError(f"ember cannot fill the DeepSpeed config's \"auto\" value(s) {left}; set them.")
