@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "DDPStrategy": "ember.strategies.ddp",
     "FSDPStrategy": "ember.strategies.fsdp",
     "FullyShardedDataParallelPlugin": "ember.strategies._fsdp_config",
+    "DeepSpeedStrategy": "ember.strategies.deepspeed",
+    "DeepSpeedPlugin": "ember.strategies.deepspeed",
     "SingleDeviceStrategy": "ember.strategies.single",
     "ProcessInfo": "ember._env",
     "Module": "ember.trainer.module",
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from ember.strategies._fsdp_config import FullyShardedDataParallelPlugin
     from ember.strategies.base import Strategy
     from ember.strategies.ddp import DDPStrategy
+    from ember.strategies.deepspeed import DeepSpeedPlugin, DeepSpeedStrategy
     from ember.strategies.fsdp import FSDPStrategy
     from ember.strategies.single import SingleDeviceStrategy
     from ember.trainer.datamodule import DataModule, LightningDataModule

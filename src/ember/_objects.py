@@ -18,6 +18,7 @@ import torch
 from ember._errors import EmberConfigError
 from ember._log import info
 from ember._stepping import AcceleratedOptimizer, AcceleratedScheduler
+from ember.strategies.base import TrainingSettings
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -320,4 +321,6 @@ def prepare_data_loader(
     loader = self.data_preparer.prepare(dataloader, placement, self._notes)
     if track_state:
         self.prepared.dataloaders.append(loader)
+        if isinstance(self.strategy, TrainingSettings) and loader.batch_size:  # e.g. DeepSpeed's micro-batch
+            self.strategy.set_micro_batch_size(loader.batch_size)
     return loader

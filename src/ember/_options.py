@@ -19,6 +19,7 @@ from ember._errors import EmberConfigError, unknown_value
 from ember._handlers import ResolvedHandlers, resolve_handlers
 from ember.precision import Precision, resolve_precision
 from ember.strategies import Strategy, resolve_strategy
+from ember.strategies.base import TrainingSettings
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -60,8 +61,10 @@ def resolve(
     """Check every argument and build the device, precision and strategy (no process group yet)."""
     launch = launch if launch is not None else LaunchSettings.from_env()
     # `ember launch` passes its configuration through the environment; explicit arguments win.
-    if gradient_accumulation_steps is None:
-        gradient_accumulation_steps = launch.gradient_accumulation_steps or 1
+    accumulation_source = "gradient_accumulation_steps"
+    if gradient_accumulation_steps is None and launch.gradient_accumulation_steps:
+        gradient_accumulation_steps = launch.gradient_accumulation_steps
+        accumulation_source = "ember launch --gradient_accumulation_steps"
     from_launcher = strategy in (None, "auto") and bool(launch.strategy) and not any(p is not None for p in plugins)
     if from_launcher:
         strategy = launch.strategy
@@ -69,8 +72,9 @@ def resolve(
         accelerator = launch.accelerator
     if mixed_precision is None:
         mixed_precision = launch.mixed_precision
-    if isinstance(gradient_accumulation_steps, bool) or not isinstance(gradient_accumulation_steps, int) \
-            or gradient_accumulation_steps < 1:
+    if gradient_accumulation_steps is not None and (isinstance(gradient_accumulation_steps, bool)
+                                                    or not isinstance(gradient_accumulation_steps, int)
+                                                    or gradient_accumulation_steps < 1):
         raise EmberConfigError(f"gradient_accumulation_steps={gradient_accumulation_steps!r} must be an integer >= 1.")
     if accumulation_reduction not in ("mean", "sum"):
         raise unknown_value("accumulation_reduction", accumulation_reduction, ["mean", "sum"])
@@ -80,6 +84,9 @@ def resolve(
     device = select_device(process, cpu, accelerator)
     precision = resolve_precision(mixed_precision, device.type, handlers.scaler)
     strat = _strategy(strategy, plugins, process, launch)
+    if isinstance(strat, TrainingSettings):  # e.g. DeepSpeed's config: agree on the accumulation now
+        gradient_accumulation_steps = strat.resolve_accumulation(gradient_accumulation_steps, accumulation_source) \
+            or gradient_accumulation_steps
     options = getattr(strat, "options", None)
     if (handlers.ddp or handlers.comm_hook is not None) and options is None and process.world_size > 1 \
             and process.rank == 0:  # one process: nothing to synchronise, the handler is moot (as in Accelerate)
@@ -99,7 +106,7 @@ def resolve(
         timeout = datetime.timedelta(seconds=timeout)
     resolved_timeout: datetime.timedelta = (timeout if isinstance(timeout, datetime.timedelta) else None) \
         or handlers.timeout or datetime.timedelta(minutes=30)
-    return Options(device, precision, strat, resolved_timeout, gradient_accumulation_steps, accumulation_reduction,
+    return Options(device, precision, strat, resolved_timeout, gradient_accumulation_steps or 1, accumulation_reduction,
                    handlers, signals, launch)
 
 

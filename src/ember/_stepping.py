@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ember import faults
-from ember.strategies.base import BackwardSyncControl
+from ember.strategies.base import BackwardSyncControl, GradientHolder
 
 if TYPE_CHECKING:
     from ember.accelerator import Accelerator
@@ -168,14 +168,23 @@ class Stepper:
                 self.skipping.add(id(optimizer))
                 return
         self.precision.unscale_(optimizer)
-        if not grads:
+        holder = self.strategy if isinstance(self.strategy, GradientHolder) else None
+        if not grads and holder is None:
             return
+        factor: Any = None
         if items is not None:
             total = self.strategy.all_reduce(items.reshape(1), "sum", group=self.dp_group)
             factor = (self.dp_size / total.clamp_min(1.0)).reshape(())
-            torch._foreach_mul_(grads, factor.to(grads[0].device, grads[0].dtype))
         elif partial and state.accumulation_steps > 1:
-            torch._foreach_mul_(grads, state.accumulation_steps / state.window_micro_steps)
+            factor = state.accumulation_steps / state.window_micro_steps
+        if factor is None:
+            return
+        if holder is not None:  # gradients kept by the strategy (DeepSpeed's partitions)
+            holder.scale_gradients_(optimizer, factor)
+        elif isinstance(factor, torch.Tensor):
+            torch._foreach_mul_(grads, factor.to(grads[0].device, grads[0].dtype))
+        else:
+            torch._foreach_mul_(grads, factor)
 
     def clip_grad_norm_(
         self, module: torch.nn.Module | None, parameters: Iterable[torch.nn.Parameter], max_norm: float,
@@ -204,6 +213,8 @@ class Stepper:
         if id(optimizer) in self.skipping:  # the non-finite guard decided: skip on every rank
             self.skipping.discard(id(optimizer))
             skipped: Any = True
+            if isinstance(self.strategy, GradientHolder):  # the strategy's own accumulated gradients go too
+                self.strategy.discard_gradients_(optimizer)
         else:
             kwargs = {"closure": closure} if closure is not None else {}
             skipped = self.strategy.optimizer_step(optimizer, self.precision, **kwargs)

@@ -4,8 +4,16 @@ Names are registered in :mod:`ember.strategies.registry`; :func:`register_strate
 """
 
 from ember.strategies._fsdp_config import FullyShardedDataParallelPlugin
-from ember.strategies.base import BackwardSyncControl, ForwardRedirection, Reshardable, Strategy
+from ember.strategies.base import (
+    BackwardSyncControl,
+    ForwardRedirection,
+    GradientHolder,
+    Reshardable,
+    Strategy,
+    TrainingSettings,
+)
 from ember.strategies.ddp import DDPOptions, DDPStrategy
+from ember.strategies.deepspeed import DeepSpeedPlugin, DeepSpeedStrategy
 from ember.strategies.fsdp import FSDPStrategy
 from ember.strategies.registry import register_strategy, resolve_strategy, strategy_names
 from ember.strategies.single import SingleDeviceStrategy
@@ -15,13 +23,17 @@ __all__ = [
     "BackwardSyncControl",
     "DDPOptions",
     "DDPStrategy",
+    "DeepSpeedPlugin",
+    "DeepSpeedStrategy",
     "FSDPStrategy",
     "ForwardRedirection",
     "FullyShardedDataParallelPlugin",
+    "GradientHolder",
     "Reshardable",
     "SingleDeviceStrategy",
     "Strategy",
     "Topology",
+    "TrainingSettings",
     "register_strategy",
     "resolve_strategy",
     "strategy_names",

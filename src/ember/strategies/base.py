@@ -5,7 +5,8 @@ Lightning Fabric's does: joint :meth:`Strategy.setup` of a module and its optimi
 :meth:`~Strategy.optimizer_step`, gradient clipping (correct on sharded gradients), state dicts that receive the
 module, checkpoint save/load that may write per-rank files, and the collectives. Precision is negotiated with it
 (:meth:`~Strategy.negotiate_precision`). Optional capabilities are small separate interfaces
-(:class:`BackwardSyncControl`, :class:`Reshardable`, :class:`ForwardRedirection`), never boolean flags.
+(:class:`BackwardSyncControl`, :class:`Reshardable`, :class:`ForwardRedirection`, :class:`TrainingSettings`,
+:class:`GradientHolder`), never boolean flags.
 
 A new strategy is a new file with a subclass plus one :func:`ember.strategies.register_strategy` line.
 """
@@ -263,3 +264,31 @@ class Reshardable(abc.ABC):  # noqa: B024 - a capability marker: implementing it
 class ForwardRedirection(abc.ABC):  # noqa: B024 - a capability marker: implementing it is the promise
     """The wrapper's forward must run for every training computation (DDP's reducer, FSDP's unshard hooks,
     DeepSpeed's engine): the Trainer runs ``training_step`` *as* the wrapper's forward."""
+
+
+class TrainingSettings(abc.ABC):
+    """The strategy's own configuration also speaks about settings ember owns (DeepSpeed's config holds the
+    accumulation steps and the micro-batch size): ember agrees on them with the strategy before training, so
+    that ``"auto"`` values are filled in and contradictions fail early, naming both sides."""
+
+    @abc.abstractmethod
+    def resolve_accumulation(self, requested: int | None, source: str) -> int | None:
+        """The accumulation steps to train with, given the user's (``requested``, None if not given, named by
+        ``source``); None leaves ember's default. Raises when the strategy's configuration contradicts it."""
+
+    @abc.abstractmethod
+    def set_micro_batch_size(self, size: int) -> None:
+        """The per-process batch size of a prepared training dataloader."""
+
+
+class GradientHolder(abc.ABC):
+    """Gradients live inside the strategy (DeepSpeed's ZeRO partitions), not on the optimizer's parameters:
+    ember's accumulation rescale (a short last window, ``num_items``) is applied through it."""
+
+    @abc.abstractmethod
+    def scale_gradients_(self, optimizer: torch.optim.Optimizer, factor: float | torch.Tensor) -> None:
+        """Multiply the gradients that the next step of ``optimizer`` uses by ``factor``."""
+
+    @abc.abstractmethod
+    def discard_gradients_(self, optimizer: torch.optim.Optimizer) -> None:
+        """ember skips this step of ``optimizer`` (a non-finite guard): drop the gradients accumulated for it."""

@@ -56,5 +56,15 @@ def _builtin() -> None:
     register_strategy("ddp_find_unused_parameters_true", lambda: DDPStrategy(find_unused_parameters=True))
     register_strategy("fsdp", FSDPStrategy)
 
+    from ember.strategies.deepspeed import DeepSpeedStrategy  # imports DeepSpeed only when an engine is built
+
+    register_strategy("deepspeed", DeepSpeedStrategy)  # Lightning's default: ZeRO stage 2
+    register_strategy("deepspeed_stage_1", lambda: DeepSpeedStrategy(stage=1))
+    register_strategy("deepspeed_stage_2", lambda: DeepSpeedStrategy(stage=2))
+    register_strategy("deepspeed_stage_3", lambda: DeepSpeedStrategy(stage=3))
+    register_strategy("deepspeed_stage_2_offload", lambda: DeepSpeedStrategy(stage=2, offload_optimizer=True))
+    register_strategy("deepspeed_stage_3_offload",
+                      lambda: DeepSpeedStrategy(stage=3, offload_optimizer=True, offload_parameters=True))
+
 
 _builtin()
