@@ -37,7 +37,7 @@ def test_seed_accelerate_loop_two_processes(tmp_path: Path) -> None:
     stdout = _run([sys.executable, "-m", "ember.cli", "launch", "--num_processes", "2", str(SCRIPT)], tmp_path)
     # 8 batches shared by 2 ranks = 4 each → 1 optimizer step per epoch; the scheduler steps once per step
     assert "optimizer steps: 2" in stdout
-    assert stdout.count("optimizer steps") == 1  # accelerator.print: main process only
+    assert stdout.count("optimizer steps:") == 1  # accelerator.print: main process only
     manifest = json.loads((tmp_path / "checkpoint" / "manifest.json").read_text())
     assert manifest["world_size"] == 2
     assert (tmp_path / "checkpoint" / "state-rank1.json").exists()
