@@ -83,3 +83,24 @@ def test_flipped_byte_in_a_shard_is_reported_by_name(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(ckpt.CheckpointError, match=r"optimizer/shard-r00000\.safetensors does not match its sha256"):
         acc.load_state()
+
+
+def test_fsdp_export_loads_with_from_pretrained_and_load_state_dict(tmp_path: Path) -> None:
+    """One consolidated model.safetensors (+ config.json): transformers' from_pretrained and plain strict
+    load_state_dict both read it; the full model is gathered to the CPU one tensor at a time."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    acc = Accelerator(cpu=True, strategy="fsdp", process=ProcessInfo(), verbose=False)
+    model = acc.prepare(model)
+    path = acc.save_model(model, tmp_path / "export")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = transformers.LlamaForCausalLM.from_pretrained(path.parent)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in reference.items())
+    fresh = transformers.LlamaForCausalLM(config)
+    from safetensors.torch import load_file
+
+    fresh.load_state_dict(load_file(str(path)))  # strict
