@@ -28,6 +28,7 @@ def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in _LAUNCH_VARS and not k.startswith(("EMBER_", "TORCHELASTIC_"))}
     env["OMP_NUM_THREADS"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""  # these tests mean the CPU (gloo), also on a GPU machine
     return env
 
 

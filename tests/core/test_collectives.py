@@ -16,7 +16,7 @@ WORKER = Path(__file__).parent / "_workers" / "collectives_worker.py"
 
 @pytest.mark.timeout(240)
 def test_collectives_on_two_ranks(tmp_path: Path, tools: Any) -> None:
-    tools.run([*tools.EMBER, "launch", "--num_processes", "2", WORKER, tmp_path])
+    tools.run([*tools.EMBER, "launch", "--cpu", "--num_processes", "2", WORKER, tmp_path])
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     for res in (r0, r1):
         assert res["world"] == 2

@@ -17,7 +17,8 @@ pytest.importorskip("transformers", reason="the seed example builds a tiny trans
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}  # the test means the CPU, also on a GPU machine
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=240, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return out.stdout

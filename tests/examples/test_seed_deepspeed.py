@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
 def _launch(script: str, cwd: Path) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBER_", "TORCHELASTIC_"))}
     # DeepSpeed on the CPU, reusing the op compiled once into the environment's cache (see tests/strategies)
-    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="")  # the CPU, also on a GPU box
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch-extensions"))
     cmd = [sys.executable, "-m", "ember.cli", "launch", "--cpu", "--num_processes", "2", str(ROOT / "examples" / script)]
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=280, env=env)

@@ -27,6 +27,7 @@ _LAUNCH = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
 def _env(world: int | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH and not k.startswith(("EMBER_", "TORCHELASTIC"))}
     env["OMP_NUM_THREADS"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""  # these tests mean the CPU (gloo), also on a GPU machine
     if world == 1:
         env["WORLD_SIZE"] = "1"  # the worker reads its world size (a plain `python` run)
     return env

@@ -22,6 +22,7 @@ def test_seed_fsdp_yaml_trains_a_llama_on_two_processes(tmp_path: Path) -> None:
     pytest.importorskip("transformers", reason="the seed's FSDP YAML wraps transformers' LlamaDecoderLayer")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBER_", "RANK", "WORLD_SIZE", "MASTER_"))}
     env["OMP_NUM_THREADS"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""  # these tests mean the CPU (gloo), also on a GPU machine
     cmd = [sys.executable, "-m", "ember.cli", "launch", "--config_file", str(ROOT / "examples/seed_fsdp_config.yaml"),
            "--cpu", str(ROOT / "examples/seed_fsdp_llama.py")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
