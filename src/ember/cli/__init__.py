@@ -1,4 +1,4 @@
-"""The ``ember`` command: ``ember launch | config | env``."""
+"""The ``ember`` command: ``ember launch | config | env | fit | validate | test | predict | report``."""
 
 from __future__ import annotations
 
@@ -43,7 +43,19 @@ def _config_from(ns: argparse.Namespace) -> Any:
     return cfg
 
 
+RUN_COMMANDS = ("fit", "validate", "test", "predict")  # parsed by ember.cli.fit (jsonargparse)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in RUN_COMMANDS:
+        from ember.cli.fit import main as run_main
+
+        return run_main(args[0], args[1:])
+    if args and args[0] == "report":
+        from ember.cli.report import main as report_main
+
+        return report_main(args[1:])
     parser = argparse.ArgumentParser(prog="ember", description="ember: launch, configure and inspect training jobs")
     sub = parser.add_subparsers(dest="command", required=True)
     p_launch = sub.add_parser("launch", help="run a script on several processes / machines")
@@ -54,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_launch_flags(p_config)
     p_config.add_argument("--output", "-o", default="ember_config.yaml")
     sub.add_parser("env", help="print versions and devices")
+    for name in (*RUN_COMMANDS, "report"):  # parsed by their own modules (see above); listed here for --help
+        sub.add_parser(name, add_help=False)
     ns = parser.parse_args(argv)
     try:
         if ns.command == "env":
