@@ -1,22 +1,40 @@
-# Everything the two commands need is set up here, in a project-local virtual environment.
+# Everything the commands need is set up here, in a project-local virtual environment.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.ember-installed
+DEMO_STAMP := $(VENV)/.ember-demo-installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench docs browser clean
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# CPU torch first, pinned, so nothing later resolves a multi-GB CUDA build.
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[all,bench,dev]"
-	touch $(STAMP)
 
-demo: $(STAMP)
-	$(PY) examples/demo.py
+# `make demo` installs only what the demo needs: ember, TensorBoard and matplotlib (the `demo` extra).
+$(DEMO_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -q -c constraints.txt -e ".[demo]"
+	touch $(DEMO_STAMP)
+
+# `make test` installs everything the suite exercises.
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -q -c constraints.txt -e ".[all,bench,dev,cli,report,docs,examples]"
+	touch $(STAMP) $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(PY) examples/demo.py $(ARGS)
+
+# Headless Chromium renders `ember report` pages in the tests (Debian's package; needs root and apt-get).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (Debian package) for the report's browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "chromium could not be installed: the report's browser test will be skipped"; \
+	  else echo "chromium is not installed and cannot be installed here: the report's browser test will be skipped"; fi; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
@@ -24,11 +42,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy src/ember
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) browser lint typecheck
 	$(PY) -m pytest -q -ra tests
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(PY) bench/overhead_cpu.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .mypy_cache .ruff_cache

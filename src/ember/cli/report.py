@@ -235,8 +235,12 @@ def _read_logs(run: Run) -> None:
         run.summary["other logs"] = ", ".join(others)
 
 
-def _best_checkpoint(ckpt: Path, root: Path) -> str | None:
-    """``ModelCheckpoint``'s best path and score from a Trainer checkpoint's ``trainer.json``."""
+def _best_checkpoint(ckpt: Path, root: Path, ckpts: list[Path]) -> str | None:
+    """``ModelCheckpoint``'s best path and score from a Trainer checkpoint's ``trainer.json``.
+
+    The saved path is as the run spelled it (maybe relative to another working directory): it is matched
+    by name against the checkpoints found under ``root``.
+    """
     if not (ckpt / "trainer.json").is_file():
         return None
     from ember.checkpoint import CheckpointError, load_state
@@ -249,7 +253,9 @@ def _best_checkpoint(ckpt: Path, root: Path) -> str | None:
         if key.startswith("ModelCheckpoint") and isinstance(value, dict) and value.get("best_model_path"):
             score = value.get("best_model_score")
             shown = f" ({value.get('monitor')}={float(score):.4g})" if score is not None else ""
-            return _relative(Path(str(value["best_model_path"])), root) + shown
+            saved = Path(str(value["best_model_path"]))
+            found = next((c for c in reversed(ckpts) if c.name == saved.name), saved)
+            return _relative(found, root) + shown
     return None
 
 
@@ -268,7 +274,7 @@ def _read_checkpoints(run: Run) -> dict[str, Any]:
     newest = ckpts[-1]
     manifest: dict[str, Any] = json.loads((newest / "manifest.json").read_text())
     run.summary["checkpoints"] = f"{len(ckpts)}; newest: {_relative(newest, run.root)} (step {manifest.get('step')})"
-    best = _best_checkpoint(newest, run.root)
+    best = _best_checkpoint(newest, run.root, ckpts)
     if best:
         run.summary["best checkpoint"] = best
     run.times += [c.stat().st_mtime for c in ckpts]
