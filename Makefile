@@ -46,7 +46,8 @@ test: $(STAMP) browser lint typecheck
 	$(PY) -m pytest -q -ra tests
 
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+	@echo "the site is in site/ (open site/index.html)"
 
 bench: $(STAMP)
 	$(PY) bench/overhead_cpu.py
