@@ -12,8 +12,9 @@ Everything `make demo` (the Trainer), ``examples/demo_accelerator.py`` (the Acce
   (the progress bar and ``ThroughputMonitor`` count tokens from ``input_ids``).
 * :class:`ByteGPT` (an ``ember.Module``) and :class:`StdlibData` (a data module) — what ``ember fit`` names
   by import path in ``examples/bytegpt.yaml``.
-* :class:`MemoryMonitor` and :class:`TimeLeftProgressBar` — two small callbacks: peak memory into the logs
-  (for ``ember report``) and a progress line with the time left.
+* :class:`MemoryMonitor`, :class:`TimeLeftProgressBar` and :class:`TimeBudget` — small callbacks: peak memory
+  into the logs (for ``ember report``), a progress line with the time left, and a stop at an epoch end when the
+  session's time budget would run out (a busy machine trains fewer epochs instead of taking longer).
 """
 
 from __future__ import annotations
@@ -311,6 +312,29 @@ class MemoryMonitor(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.Module) -> None:
         for name, value in peak_memory_mb(trainer.accelerator.device).items():
             pl_module.log(name, value, on_epoch=True)
+
+
+class TimeBudget(L.Callback):
+    """Stop at the end of an epoch when one more epoch would end past ``seconds`` of this session's training.
+
+    Not saved in checkpoints: a resumed run gets a budget of its own. ``stopped_early`` tells whether it stopped.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.stopped_early = False
+        self._start = time.monotonic()
+        self._epochs = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.Module) -> None:
+        self._start, self._epochs = time.monotonic(), 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.Module) -> None:
+        self._epochs += 1
+        elapsed = time.monotonic() - self._start
+        if elapsed * (self._epochs + 1) / self._epochs > self.seconds and trainer.current_epoch + 1 < trainer.max_epochs:
+            trainer.should_stop = True
+            self.stopped_early = True
 
 
 def _clock(seconds: float) -> str:

@@ -22,8 +22,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bytegpt import ByteGPT, MemoryMonitor, StdlibData, TimeLeftProgressBar, mean_loss, sample_text
+from bytegpt import (
+    ByteGPT,
+    MemoryMonitor,
+    StdlibData,
+    TimeBudget,
+    TimeLeftProgressBar,
+    mean_loss,
+    sample_text,
+)
 
 import ember as L
 from ember.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
@@ -47,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--devices", default="auto", help="devices per node, or auto")
     p.add_argument("--precision", default="32-true", help="32-true | bf16-mixed | 16-mixed | ...")
     p.add_argument("--small", action="store_true", help="a tiny model and short epochs (for tests)")
+    p.add_argument("--time-budget", type=float, default=170.0,
+                   help="seconds of training per session: stop at the epoch end that would pass it (0: none)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     return p.parse_args(argv)
 
@@ -55,7 +67,7 @@ def _devices(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
 
-def build(args: argparse.Namespace) -> tuple[L.Trainer, ByteGPT, StdlibData, ModelCheckpoint]:
+def build(args: argparse.Namespace) -> tuple[L.Trainer, ByteGPT, StdlibData, ModelCheckpoint, TimeBudget]:
     root = Path(args.root)
     size = SMALL if args.small else {"n_layer": 4, "n_embd": 128, "block_size": 128, "batches": args.batches,
                                      "batch_size": args.batch_size}
@@ -65,6 +77,7 @@ def build(args: argparse.Namespace) -> tuple[L.Trainer, ByteGPT, StdlibData, Mod
                       train_windows=size["batches"] * size["batch_size"], val_windows=256 if args.small else 512)
     checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val_loss", mode="min", save_last=True,
                                  filename="{epoch}-{step}-{val_loss:.3f}")
+    budget = TimeBudget(args.time_budget if args.time_budget > 0 else float("inf"))
     trainer = L.Trainer(
         accelerator=args.accelerator,
         devices=_devices(args.devices),
@@ -81,11 +94,12 @@ def build(args: argparse.Namespace) -> tuple[L.Trainer, ByteGPT, StdlibData, Mod
             ThroughputMonitor(),
             MemoryMonitor(),
             TimeLeftProgressBar(refresh_rate=2),
+            budget,
         ],
         logger=[CSVLogger(root / "logs", name="csv"), TensorBoardLogger(root / "logs", name="tensorboard")],
         enable_model_summary=True,
     )
-    return trainer, model, data, checkpoint
+    return trainer, model, data, checkpoint, budget
 
 
 def _resume_point(root: Path) -> Path | None:
@@ -129,7 +143,7 @@ def _commands(args: argparse.Namespace) -> dict[str, str]:
 
 
 def finish(args: argparse.Namespace, trainer: L.Trainer, model: ByteGPT, checkpoint: ModelCheckpoint,
-           summary: dict[str, Any], started: float) -> None:
+           summary: dict[str, Any], started: float, budget: TimeBudget) -> None:
     """Rank 0: sample, write the report and say where everything is."""
     root = Path(args.root)
     best_path = checkpoint.best_model_path
@@ -149,6 +163,9 @@ def finish(args: argparse.Namespace, trainer: L.Trainer, model: ByteGPT, checkpo
     tb_dir = Path(trainer.loggers[1].log_dir)
     print(f"\nDone in {time.monotonic() - started:.0f}s: best validation loss {val_loss:.3f} nats/byte "
           f"(the untrained model: {summary['untrained_val_loss']:.3f}).")
+    if budget.stopped_early:
+        print(f"Stopped after {trainer.current_epoch} of {args.epochs} epochs to stay within --time-budget "
+              f"{args.time_budget:g}s on this machine; run the same command again to train on from there.")
     print("Text sampled from the model (prompts: " + ", ".join(repr(p) for p in PROMPTS) + "):")
     for text in samples:
         lines = text.splitlines()[:3]
@@ -177,7 +194,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.fresh and rank == 0:
         shutil.rmtree(root, ignore_errors=True)
     resume_from = None if args.fresh else _resume_point(root)
-    trainer, model, data, checkpoint = build(args)
+    if hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1) and args.devices == "auto":
+        torch.set_num_threads(1)  # on a busy machine one thread loses less time waiting for the others
+        print(f"[demo] the machine is busy (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): "
+              "training with 1 thread; it will be slower than usual")
+    trainer, model, data, checkpoint, budget = build(args)
     summary_path = root / "demo.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if resume_from and summary_path.is_file() else {}
     if trainer.is_global_zero:
@@ -199,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer.fit(model, datamodule=data, ckpt_path="last" if resume_from is not None else None)
     if trainer.is_global_zero:
         record_run(root, "end")
-        finish(args, trainer, model, checkpoint, summary, started)
+        finish(args, trainer, model, checkpoint, summary, started, budget)
 
 
 if __name__ == "__main__":

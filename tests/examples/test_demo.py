@@ -72,3 +72,12 @@ def test_demo_learns_logs_reports_and_resumes(tmp_path: Path) -> None:
     third = _demo(tmp_path, "--epochs", "4", "--no-report")
     assert "already finished its 4 epochs" in third and "--epochs 8" in third
     assert not [x for x in third.splitlines() if x.startswith("Epoch ")]
+
+
+def test_time_budget_stops_at_an_epoch_end_and_the_rerun_trains_on(tmp_path: Path) -> None:
+    first = _demo(tmp_path, "--epochs", "3", "--time-budget", "0.001", "--no-report")
+    assert "Stopped after 1 of 3 epochs to stay within --time-budget" in first
+    assert len(_val_losses(tmp_path / "demo")) == 1
+    second = _demo(tmp_path, "--epochs", "3", "--time-budget", "0", "--no-report")
+    assert "(step 15, 1 epoch(s) done)" in second and "Stopped" not in second
+    assert len(_val_losses(tmp_path / "demo")) == 3
