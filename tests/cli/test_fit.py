@@ -3,6 +3,7 @@ config on resume, "did you mean" for flags, config keys and init args, and confi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,6 +62,8 @@ def test_fit_from_the_example_config_saves_config_resumes_and_validates(tmp_path
     assert "resuming with a config that differs" in resumed.stdout and "trainer.max_epochs: 2 → 3" in resumed.stdout
     assert "Epoch 2" in resumed.stdout and "Epoch 1:" not in resumed.stdout
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 3
+    sessions = json.loads((run / "run_info.json").read_text())["sessions"]  # for `ember report`
+    assert len(sessions) == 2 and all(s["end"] > s["start"] for s in sessions)
 
     # validate / predict the newest checkpoint with the same config
     validated = _ember(tmp_path, "validate", "--config", str(CONFIG), "--ckpt_path", "last")

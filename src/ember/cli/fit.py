@@ -205,7 +205,8 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
 class SaveConfig(Callback):
     """Writes the resolved config to ``<default_root_dir>/config.yaml`` at the start of ``fit`` (rank 0).
 
-    Every rank compares it with a config saved there before, so all ranks agree on stopping or going on.
+    Every rank compares it with a config saved there before, so all ranks agree on stopping or going on. Rank 0
+    also notes the session in ``run_info.json`` (hardware, versions, wall time) for ``ember report``.
     """
 
     def __init__(self, text: str, resuming: bool, overwrite: bool) -> None:
@@ -231,10 +232,19 @@ class SaveConfig(Callback):
             elif self.resuming and trainer.is_global_zero:
                 print(f"[ember] resuming with the same config as the saved {path}", flush=True)
         if trainer.is_global_zero:
+            from ember.cli.report import record_run
+
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(self.text)
             os.replace(tmp, path)
+            record_run(trainer.default_root_dir, "start")
+
+    def teardown(self, trainer: Trainer, pl_module: Module, stage: str) -> None:
+        if stage == "fit" and trainer.is_global_zero:
+            from ember.cli.report import record_run
+
+            record_run(trainer.default_root_dir, "end")
 
 
 # ----------------------------------------------------------------------------------------------------
