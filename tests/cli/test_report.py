@@ -93,12 +93,13 @@ def _screenshot(page: Path, out: Path, tmp_path: Path) -> None:
     cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={tmp_path / 'chromium-profile'}", "--hide-scrollbars", "--window-size=1280,3400",
+           "--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000",  # all images decoded
            f"--screenshot={out}", page.resolve().as_uri()]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and out.is_file(), done.stderr[-3000:]
 
 
-def _bands(image: object, colour: str, min_pixels: int = 400) -> list[tuple[int, int]]:
+def _bands(image: object, colour: str, min_pixels: int = 200) -> list[tuple[int, int]]:
     """Vertical ranges of the screenshot holding at least ``min_pixels`` pixels of ``colour`` (chart lines)."""
     import numpy as np
 

@@ -4,6 +4,7 @@ checkpoints, and a rerun resumes exactly; one epoch samples text without crashin
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def test_one_epoch_samples_text(tmp_path: Path) -> None:
 
 def test_demo_accelerator_trains_and_resumes_exactly(tmp_path: Path) -> None:
     first = _demo(tmp_path, "--epochs", "3")
-    untrained = float(first.split("untrained validation loss ")[1].split(";")[0])
+    untrained = float(re.findall(r"untrained validation loss (\d+\.\d+)", first)[-1])
     checkpoints = sorted(p.name for p in (tmp_path / "demo" / "checkpoints").iterdir())
     assert checkpoints == ["latest", "step-00000030", "step-00000045"]  # keep_last=2, newest committed
     val = _val(tmp_path)
