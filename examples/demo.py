@@ -168,7 +168,7 @@ def finish(args: argparse.Namespace, trainer: L.Trainer, model: ByteGPT, checkpo
               f"{args.time_budget:g}s on this machine; run the same command again to train on from there.")
     print("Text sampled from the model (prompts: " + ", ".join(repr(p) for p in PROMPTS) + "):")
     for text in samples:
-        lines = text.splitlines()[:3]
+        lines = [line.rstrip()[:100] for line in text.splitlines() if line.strip()][:3]
         print("  | " + "\n  | ".join(lines))
     print(f"\nEverything is in {root}/:")
     rows = [
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.fresh and rank == 0:
         shutil.rmtree(root, ignore_errors=True)
     resume_from = None if args.fresh else _resume_point(root)
-    if hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1) and args.devices == "auto":
+    if hasattr(os, "getloadavg") and os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1) and args.devices == "auto":
         torch.set_num_threads(1)  # on a busy machine one thread loses less time waiting for the others
         print(f"[demo] the machine is busy (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): "
               "training with 1 thread; it will be slower than usual")
