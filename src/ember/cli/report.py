@@ -401,8 +401,10 @@ def chart(runs: Sequence[Run], category: str, title: str, ylabel: str) -> str | 
         steps, values = zip(*run.series[name])
         label = name if len(runs) == 1 else f"{run.label}: {name}"
         few = len(steps) <= 30
-        ax.plot(steps, values, styles[k % len(styles)], color=COLOURS[i % len(COLOURS)], linewidth=2.2,
-                marker="o" if few else None, markersize=4, label=label)
+        # earlier runs drawn wider: a later run with the same values leaves them visible as a rim
+        width = 2.0 + 2.4 * (len(runs) - 1 - i)
+        ax.plot(steps, values, styles[k % len(styles)], color=COLOURS[i % len(COLOURS)], linewidth=width,
+                marker="o" if few else None, markersize=4 + 2 * (len(runs) - 1 - i), label=label)
     if category == "lr" and all(v > 0 for _, run, name in lines for _, v in run.series[name]):
         spread = [v for _, run, name in lines for _, v in run.series[name]]
         if max(spread) / min(spread) > 50:
