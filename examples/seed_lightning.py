@@ -2,6 +2,8 @@
 
 Run:  python examples/seed_lightning.py            (fine-tuning block, CSV logs under runs/seed_lightning)
       python examples/seed_lightning.py --logger wandb   (the seed's WandbLogger, offline)
+      python examples/seed_lightning.py --production      (the "use Lightning when" Trainer: callbacks,
+                                                            WandbLogger offline, profiler="advanced")
 
 What changed from the seed, and why (nothing else did):
 
@@ -159,12 +161,39 @@ def restructured(root_dir: str = "runs/seed_lightning") -> None:
     trainer.fit(module, dataloader)
 
 
+# --- "Use Lightning When: ... Lightning is ideal for production systems" ------------------------------------
+def production(root_dir: str = "runs/seed_lightning", max_epochs: int = 2) -> L.Trainer:
+    """The seed's production Trainer: three callbacks, a W&B logger (offline: no account, no network) and the
+    "advanced" (cProfile) profiler, whose per-hook report is printed at the end of ``fit``."""
+    checkpoint = ModelCheckpoint(monitor="val_loss", mode="min")
+    early_stop = EarlyStopping(monitor="val_loss", patience=3)
+    lr_monitor = LearningRateMonitor(logging_interval="step")
+    wandb_logger = WandbLogger(project="llm-finetuning", save_dir=root_dir, offline=True)
+    # Lightning is ideal for production systems
+    trainer = L.Trainer(
+        callbacks=[checkpoint, early_stop, lr_monitor],
+        logger=wandb_logger,
+        profiler="advanced",
+        max_epochs=max_epochs,  # not in the seed: L.Trainer() trains for 1000 epochs by default, as Lightning does
+        default_root_dir=root_dir,  # not in the seed: keep the run's files together
+    )
+    train_dataloader = DataLoader(ProgressionTokens(32, seed=0), batch_size=8, shuffle=True)
+    val_dataloader = DataLoader(ProgressionTokens(16, seed=1), batch_size=8)
+    trainer.fit(LLMFineTuner("gpt2-tiny", learning_rate=3e-3), train_dataloader, val_dataloader)
+    return trainer
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logger", choices=["csv", "wandb"], default="csv")
     parser.add_argument("--root-dir", default="runs/seed_lightning")
     parser.add_argument("--max-epochs", type=int, default=3)
+    parser.add_argument("--production", action="store_true", help="only the 'use Lightning when' Trainer")
     args = parser.parse_args()
+    if args.production:
+        done = production(args.root_dir)
+        print(f"production trainer: {done.global_step} steps; W&B run in {done.logger.save_dir}/wandb (offline)")
+        raise SystemExit(0)
     trainer = fine_tune(args.root_dir, args.logger, args.max_epochs)
     print(f"best checkpoint: {trainer.checkpoint_callback.best_model_path} "
           f"(val_loss {float(trainer.checkpoint_callback.best_model_score):.4f})")

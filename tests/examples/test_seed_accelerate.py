@@ -34,8 +34,10 @@ def test_seed_accelerate_loop_single_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_seed_accelerate_loop_two_processes(tmp_path: Path) -> None:
-    stdout = _run([sys.executable, "-m", "ember.cli", "launch", "--num_processes", "2", str(SCRIPT)], tmp_path)
+def test_seed_accelerate_loop_two_processes_from_the_launch_yaml(tmp_path: Path) -> None:
+    """The seed's YAML + `launch --config_file` pair: 2 CPU processes and bf16 come from the file."""
+    config = ROOT / "examples" / "accelerate_config.yaml"
+    stdout = _run([sys.executable, "-m", "ember.cli", "launch", "--config_file", str(config), str(SCRIPT)], tmp_path)
     # 8 batches shared by 2 ranks = 4 each → 1 optimizer step per epoch; the scheduler steps once per step
     assert "optimizer steps: 2" in stdout
     assert stdout.count("optimizer steps:") == 1  # accelerator.print: main process only

@@ -1,4 +1,4 @@
-"""The ``ember`` command: ``ember launch | config | env``."""
+"""The ``ember`` command: ``ember launch | config | env | fit | validate | test | predict | report``."""
 
 from __future__ import annotations
 
@@ -77,6 +77,9 @@ def _launch_source(ns: argparse.Namespace) -> Path | None:
     return default
 
 
+RUN_COMMANDS = ("fit", "validate", "test", "predict")  # parsed by ember.cli.fit (jsonargparse)
+
+
 def _parser() -> argparse.ArgumentParser:
     from ember.cli.config import default_config_file
 
@@ -94,10 +97,24 @@ def _parser() -> argparse.ArgumentParser:
     _add_launch_flags(p_config, f"where to write it (default: {default_config_file()}; set EMBER_HOME to move it)")
     p_config.add_argument("--output", "-o", default=None, help="same as --config_file")
     sub.add_parser("env", help="print versions and devices", description="Print versions and devices.")
+    for name, text in (("fit", "train a model from a YAML config (LightningCLI-style, jsonargparse)"),
+                       ("validate", "validate from a YAML config"), ("test", "test from a YAML config"),
+                       ("predict", "predict from a YAML config"),
+                       ("report", "turn run directories into one self-contained HTML page")):
+        sub.add_parser(name, help=text, add_help=False)  # parsed by their own modules (see main)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in RUN_COMMANDS:
+        from ember.cli.fit import main as run_main
+
+        return run_main(args[0], args[1:])
+    if args and args[0] == "report":
+        from ember.cli.report import main as report_main
+
+        return report_main(args[1:])
     parser = _parser()
     ns = parser.parse_args(argv)
     try:
