@@ -23,9 +23,8 @@ The dataset is a ``datasets.Dataset`` when the ``datasets`` package is installed
 the Trainer takes either through the DataLoader. The model is a tiny GPT-2 built from a config: nothing is
 downloaded. Runs on CPU in seconds:  python examples/seed_hf_trainer.py
 
-``strategy="fsdp"`` (the seed's ``fsdp="full_shard"``) is the default once ember's FSDP strategy exists; until then
-``--strategy auto`` (one process) or ``--strategy ddp --devices 2`` run the same job:
-    python examples/seed_hf_trainer.py --strategy fsdp --devices 2        # when FSDP lands
+``strategy="fsdp"`` is the seed's ``fsdp="full_shard"`` (FSDP2; one process here, or ``--devices 2``):
+    python examples/seed_hf_trainer.py --devices 2
 """
 
 from __future__ import annotations
@@ -102,7 +101,7 @@ def tiny_gpt2() -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config)
 
 
-def train(output_dir: str = "./output", strategy: str = "auto", devices: int | str = "auto",
+def train(output_dir: str = "./output", strategy: str = "fsdp", devices: int | str = "auto",
           max_epochs: int = 4, quiet: bool = False) -> tuple[L.Trainer, L.Module]:
     torch.manual_seed(0)
     model = tiny_gpt2()
@@ -110,7 +109,7 @@ def train(output_dir: str = "./output", strategy: str = "auto", devices: int | s
     module = L.Module.wrap(model, optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3))
     trainer = L.Trainer(
         default_root_dir=output_dir,   # output_dir="./output"
-        strategy=strategy,             # fsdp="full_shard" → strategy="fsdp" (once ember's FSDP lands)
+        strategy=strategy,             # fsdp="full_shard" → strategy="fsdp"
         devices=devices,
         precision="bf16-mixed",        # bf16=True
         max_epochs=max_epochs,
@@ -126,7 +125,7 @@ def train(output_dir: str = "./output", strategy: str = "auto", devices: int | s
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="./output")
-    parser.add_argument("--strategy", default="auto", help="auto | ddp | fsdp (the seed's choice, once available)")
+    parser.add_argument("--strategy", default="fsdp", help="fsdp (the seed's choice), ddp or auto")
     parser.add_argument("--devices", default="auto")
     parser.add_argument("--max-epochs", type=int, default=4)
     args = parser.parse_args()

@@ -13,9 +13,9 @@ What changed from the seed, and why (nothing else did):
 * ``forward`` also passes ``labels``: the seed's forward drops them, so ``outputs.loss`` would be ``None``.
 * ``get_cosine_schedule_with_warmup(optimizer, ...)`` gets real arguments
   (``num_training_steps=self.trainer.estimated_stepping_batches``).
-* ``accelerator="gpu", devices=4, strategy="fsdp"`` → ``accelerator="cpu", devices=1, strategy="auto"`` so it
-  runs anywhere (on a 4-GPU machine the seed's values work as written once ember's FSDP lands; ``"ddp"``
-  works now). ``precision="bf16-mixed"``, clipping, accumulation, callbacks and the logger are the seed's.
+* ``accelerator="gpu", devices=4`` → ``accelerator="cpu", devices=1`` so it runs anywhere (on a 4-GPU machine
+  the seed's values work as written). ``strategy="fsdp"`` (FSDP2, here on one process), ``precision="bf16-mixed"``,
+  clipping, accumulation, callbacks and the logger are the seed's.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def fine_tune(root_dir: str = "runs/seed_lightning", logger: str = "csv", max_ep
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        strategy="auto",  # the seed: "fsdp" on 4 GPUs (or "ddp", "deepspeed_stage_2")
+        strategy="fsdp",  # or "ddp", "deepspeed_stage_2"
         precision="bf16-mixed",
         max_epochs=max_epochs,
         gradient_clip_val=1.0,

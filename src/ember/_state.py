@@ -332,7 +332,7 @@ def _save_model(acc: Accelerator, model: torch.nn.Module, directory: Path, safe_
 
         save_file(_plain_tensors(state), str(path), metadata={"format": "pt"})
         config = getattr(acc.unwrap_model(model), "config", None)
-        if callable(getattr(config, "to_json_file", None)):  # a transformers model: from_pretrained(directory) works
+        if config is not None and callable(getattr(config, "to_json_file", None)):  # a transformers model: from_pretrained(directory) works
             config.to_json_file(str(directory / "config.json"))
     del state
     acc.wait_for_everyone()

@@ -558,7 +558,7 @@ def test_public_api_and_docstring_examples() -> None:
             "AbandonedCheckpointError", "CheckpointError", "apply_retention", "begin", "collective_error", "commit",
             "damage_reason", "describe_fallback", "failure_report", "find_latest", "flatten_state",
             "list_checkpoints", "load_state", "move_aside_damaged", "read_json", "read_tensors", "save_state",
-            "step_dir_name", "unflatten_state", "verify", "write_json", "write_tensors", "ShardReader", "save_shards",
+            "step_dir_name", "unflatten_state", "verify", "write_json", "write_tensors", "ShardReader", "save_shards", "read_model_weights",
         ]
     )  # fmt: skip
     assert issubclass(CheckpointError, RuntimeError)

@@ -14,7 +14,7 @@ import torch
 from trainer_helpers import Regressor, loader, quiet_trainer
 
 from ember.callbacks import EarlyStopping, ModelCheckpoint
-from ember.checkpoint import read_tensors
+from ember.checkpoint import read_model_weights
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "seed_lightning.py"
 
@@ -65,8 +65,10 @@ def test_seed_llm_finetuner_block(tmp_path: Path) -> None:
     fresh = example.LLMFineTuner("gpt2-tiny", learning_rate=3e-3)
     data = torch.utils.data.DataLoader(example.ProgressionTokens(16, seed=1), batch_size=8)
     (result,) = trainer.validate(fresh, data, ckpt_path="best", verbose=False)
-    saved = read_tensors(Path(ckpt.best_model_path), "model.safetensors")
-    for k, v in fresh.state_dict().items():
+    saved = read_model_weights(Path(ckpt.best_model_path))  # FSDP: assembled from the shards
+    loaded = trainer.accelerator.get_state_dict(fresh)  # the fresh module is sharded too: gather its weights
+    assert loaded.keys() == saved.keys()
+    for k, v in loaded.items():
         assert torch.equal(v, saved[k]), k
     assert result["val_loss"] == pytest.approx(best_val, rel=1e-3)
 

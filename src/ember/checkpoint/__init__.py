@@ -48,7 +48,7 @@ from ._damage import damage_reason, describe_fallback, move_aside_damaged
 from ._discovery import apply_retention, find_latest, list_checkpoints, step_dir_name
 from ._errors import AbandonedCheckpointError, CheckpointError
 from ._read import load_state, read_json, verify
-from ._sharded import ShardReader, save_shards
+from ._sharded import ShardReader, read_model_weights, save_shards
 from ._store import begin, commit, save_state, write_json
 from ._tensors import read_tensors, write_tensors
 
@@ -69,6 +69,7 @@ __all__ = [
     "load_state",
     "move_aside_damaged",
     "read_json",
+    "read_model_weights",
     "read_tensors",
     "save_shards",
     "save_state",

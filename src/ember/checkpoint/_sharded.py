@@ -149,4 +149,26 @@ def describe(ckpt_dir: Path, name: str) -> dict[str, Any]:
     return {"files": writers, "tensors": len(reader.pieces)}
 
 
-__all__ = ["ShardReader", "describe", "save_shards"]
+__all__ = ["ShardReader", "describe", "read_model_weights", "save_shards"]
+
+
+def read_model_weights(ckpt_dir: Path, name: str = "model") -> dict[str, torch.Tensor]:
+    """A model's full weights from a checkpoint, whichever way it was written: ``<name>.safetensors`` (replicated
+    strategies) or the shards under ``<name>/`` (FSDP), assembled on the CPU one tensor at a time.
+
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from ember.checkpoint import begin
+    >>> tmp = begin(Path(tempfile.mkdtemp()) / "step-00000001")
+    >>> save_shards(tmp, "model", 0, {"w": (torch.zeros(2), (4,), (0,))})
+    >>> save_shards(tmp, "model", 1, {"w": (torch.ones(2), (4,), (2,))})
+    >>> read_model_weights(tmp)["w"]
+    tensor([0., 0., 1., 1.])
+    """
+    from ._tensors import read_tensors
+
+    ckpt_dir = Path(ckpt_dir)
+    if (ckpt_dir / f"{name}.safetensors").is_file() or not (ckpt_dir / name).is_dir():
+        return read_tensors(ckpt_dir, f"{name}.safetensors")
+    reader = ShardReader(ckpt_dir, name)
+    return {key: reader.read(key) for key in sorted(reader.pieces)}

@@ -118,6 +118,10 @@ class Strategy(abc.ABC):
         inner = getattr(module, "module", None)
         return inner if isinstance(inner, torch.nn.Module) and module is not inner else module
 
+    def eval_context(self, inference: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """Evaluation without gradients: ``torch.inference_mode`` (``inference=True``) or ``torch.no_grad``."""
+        return torch.inference_mode() if inference else torch.no_grad()
+
     # the step -----------------------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor, module: torch.nn.Module | None = None, **kwargs: Any) -> None:
         """Back-propagate an already scaled ``loss`` (``kwargs`` as ``Tensor.backward``)."""

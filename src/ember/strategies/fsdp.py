@@ -248,6 +248,11 @@ class FSDPStrategy(Strategy, BackwardSyncControl, ForwardRedirection, Reshardabl
                 if callable(reset):
                     reset()
 
+    def eval_context(self, inference: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """``torch.no_grad`` even for ``inference_mode=True``: parameters unsharded under inference mode would be
+        inference tensors that the next training step cannot use (as in Lightning)."""
+        return torch.no_grad()
+
     # the step -----------------------------------------------------------------------------------------------
     def no_backward_sync(self, module: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext() if self.sync_each_micro_batch else _no_gradient_sync(module)

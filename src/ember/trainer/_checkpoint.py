@@ -270,4 +270,4 @@ def load_weights(t: Trainer, ckpt_path: str | os.PathLike[str] | None) -> None:
     if path is None or t._wrapped is None:
         return
     ckpt.verify(path, check_hashes=False)
-    t.accelerator.strategy.load_model_state_dict(t._wrapped, ckpt.read_tensors(path, "model.safetensors"))
+    t.accelerator.strategy.load_model_state_dict(t._wrapped, ckpt.read_model_weights(path))

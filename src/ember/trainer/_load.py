@@ -75,7 +75,7 @@ def load_from_checkpoint(
             f"them again: {cls.__name__}.load_from_checkpoint(path, {shown})."
         )
     module = cls(**init_kwargs(cls, hparams, kwargs))
-    weights = ckpt.read_tensors(path, "model.safetensors")
+    weights = ckpt.read_model_weights(path)
     result = module.load_state_dict(weights, strict=True if strict is None else strict)
     if strict is False and (result.missing_keys or result.unexpected_keys):
         import warnings

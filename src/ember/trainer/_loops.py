@@ -448,7 +448,7 @@ def eval_mode(t: Trainer) -> Iterator[None]:
 
 
 def grad_context(t: Trainer) -> contextlib.AbstractContextManager[Any]:
-    return torch.inference_mode() if t.inference_mode else torch.no_grad()
+    return t.accelerator.strategy.eval_context(inference=t.inference_mode)
 
 
 def _close(iterator: Iterator[Any]) -> None:
