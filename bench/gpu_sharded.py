@@ -25,6 +25,8 @@ from typing import Any
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 MODES = ("raw_fsdp2", "ember_fsdp", "ember_fsdp_trainer", "ember_zero2")
+#: diagnostics: ember's FSDP loop with one difference from the raw loop removed at a time
+VARIANTS = ("ember_fsdp_opt_after", "ember_fsdp_raw_loader")
 
 
 def _config() -> Any:
@@ -86,7 +88,7 @@ def _ember_strategy(kind: str) -> Any:
     return FSDPStrategy(auto_wrap_policy={Block})
 
 
-def ember_accelerator(args: argparse.Namespace, kind: str) -> tuple[float, int]:
+def ember_accelerator(args: argparse.Namespace, kind: str, variant: str = "") -> tuple[float, int]:
     import torch
 
     from _gpt import GPT
@@ -95,15 +97,24 @@ def ember_accelerator(args: argparse.Namespace, kind: str) -> tuple[float, int]:
     acc = Accelerator(mixed_precision="bf16", strategy=_ember_strategy(kind), seed=0, verbose=False)
     torch.manual_seed(0)
     model = GPT(_config())
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=kind != "zero2")
     dl = torch.utils.data.DataLoader(_data(args, acc.num_processes), batch_size=args.batch, shuffle=True,
-                                     num_workers=2)
-    model, opt, dl = acc.prepare(model, opt, dl)
+                                     num_workers=2, pin_memory=True)
+    if variant == "opt_after":  # the optimizer built on the sharded parameters, as the raw loop does
+        model, dl = acc.prepare(model, dl)
+        opt = acc.prepare(torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True))
+    elif variant == "raw_loader":  # the model through ember, the batches moved as the raw loop moves them
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
+        model, opt = acc.prepare(model, opt)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=kind != "zero2")
+        model, opt, dl = acc.prepare(model, opt, dl)
     start = 0.0
     for i, (x, y) in enumerate(dl):
         if i == args.warmup:
             torch.cuda.synchronize()
             start = time.perf_counter()
+        if variant == "raw_loader":
+            x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
         loss = model(x, y)
         acc.backward(loss)
         opt.step()
@@ -156,7 +167,9 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     run = {"raw_fsdp2": lambda: raw_fsdp2(args), "ember_fsdp": lambda: ember_accelerator(args, "fsdp"),
-           "ember_fsdp_trainer": lambda: ember_trainer(args), "ember_zero2": lambda: ember_accelerator(args, "zero2")}
+           "ember_fsdp_trainer": lambda: ember_trainer(args), "ember_zero2": lambda: ember_accelerator(args, "zero2"),
+           "ember_fsdp_opt_after": lambda: ember_accelerator(args, "fsdp", "opt_after"),
+           "ember_fsdp_raw_loader": lambda: ember_accelerator(args, "fsdp", "raw_loader")}
     elapsed, rank = run[args.worker]()
     if rank == 0:
         world = int(os.environ.get("WORLD_SIZE", 1))
@@ -187,7 +200,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--worker", choices=MODES)
+    p.add_argument("--worker", choices=MODES + VARIANTS)
     args, extra = p.parse_known_args()
     if args.worker:
         worker(args)
