@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import gc
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -74,6 +75,26 @@ def close_at_exit(owner: object, close: Callable[[Any], None]) -> None:
     atexit.register(_close)
 
 
+#: every DistributedDataParallel wrapper made in this process (weakly held): they all depend on the default group,
+#: whichever strategy made them, so the group is closed only after their reducers are released
+_DDP_WRAPPERS: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+def track_ddp(wrapper: torch.nn.Module) -> None:
+    _DDP_WRAPPERS.add(wrapper)
+
+
+def release_ddp_reducers() -> None:
+    """Drop the reducers of every live DDP wrapper: a reducer that outlives its gloo process group can abort the
+    interpreter at exit ("terminate called without an active exception")."""
+    for ddp in list(_DDP_WRAPPERS):
+        ddp.__dict__.pop("reducer", None)
+        ddp.__dict__.pop("logger", None)
+    _DDP_WRAPPERS.clear()
+
+
 def destroy_process_group() -> None:
+    release_ddp_reducers()
     if dist.is_initialized():
+        gc.collect()  # anything else that held the group (a dropped DDP, a DeviceMesh) goes before it
         dist.destroy_process_group()

@@ -12,7 +12,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ember._errors import EmberConfigError
-from ember.strategies._group import close_at_exit, destroy_process_group, init_process_group
+from ember.strategies._group import close_at_exit, destroy_process_group, init_process_group, track_ddp
 from ember.strategies.base import (
     BackwardSyncControl,
     ForwardRedirection,
@@ -88,6 +88,7 @@ class DDPStrategy(Strategy, BackwardSyncControl, ForwardRedirection, Reshardable
         if self.comm_hook is not None:
             wrapped.register_comm_hook(*self.comm_hook())
         self._wrapped.append(weakref.ref(wrapped))
+        track_ddp(wrapped)
         return wrapped
 
     def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:

@@ -256,7 +256,8 @@ def untrusted_run(out: Path) -> dict[str, Any]:
     saved = acc.save_state()
     marker = out / "pwned"
     payload = pickle.dumps(Payload(marker), protocol=4)
-    files = sorted(f for f in json.loads((saved / "manifest.json").read_text())["files"])
+    files = sorted(f for f in json.loads((saved / "manifest.json").read_text())["files"]
+                   if f != "README.md")  # README.md is for people: ember never reads it
     errors: dict[str, str] = {}
     for i, name in enumerate([*files, "flip:optimizer.zero-rank1.safetensors"]):
         dst = out / f"planted-{i}"
