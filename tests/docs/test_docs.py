@@ -51,7 +51,7 @@ def blocks(page: Path) -> list[tuple[str, str, int]]:
 def _launch(code: str, processes: int, cwd: Path, where: str) -> None:
     script = cwd / "docs_block.py"
     script.write_text(code)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # the test means the CPU
     out = subprocess.run([sys.executable, "-m", "ember.cli", "launch", "--num_processes", str(processes), "--cpu",
                           str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, f"{where} failed on {processes} processes:\n{out.stdout[-2000:]}{out.stderr[-3000:]}"
@@ -89,7 +89,7 @@ def test_page_code_runs(page: Path, tmp_path: Path) -> None:
     if to_run:
         (tmp_path / "blocks.json").write_text(json.dumps(to_run))
         (tmp_path / "runner.py").write_text(RUNNER)
-        env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "2"}
+        env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": ""}
         out = subprocess.run([sys.executable, "runner.py", "blocks.json"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]

@@ -476,6 +476,8 @@ def test_mlflow_database_uri_without_sqlalchemy_says_what_to_install() -> None:
 
 
 def test_make_logger_builds_each_tracker(tmp_path: Path) -> None:
+    pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
     csv_logger = make_logger("CSV", save_dir=tmp_path, project_name="proj", init_kwargs={"version": "v"})
     assert isinstance(csv_logger, CSVLogger)
     assert csv_logger.log_dir == str(tmp_path / "proj" / "v")
