@@ -20,7 +20,7 @@ only when something asks (``optimizer.step_was_skipped``, ``accelerator.step``, 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +94,9 @@ class GradientState:
         self.attempted_steps = int(value) + self.skipped_steps
 
 
+_NOTHING = contextlib.nullcontext()
+
+
 class Stepper:
     """Applies precision, accumulation and the strategy to backward, gradients and the optimizer step."""
 
@@ -125,9 +128,9 @@ class Stepper:
         self.strategy.backward(self.scale_loss(loss, num_items), module, **kwargs)
 
     # accumulation windows -----------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def accumulate(self, models: Sequence[torch.nn.Module]) -> Iterator[None]:
-        """One micro-step: a window boundary every ``accumulation_steps`` micro-steps or at the end of the data."""
+    def accumulate(self, models: Sequence[torch.nn.Module]) -> contextlib.AbstractContextManager[Any]:
+        """One micro-step: a window boundary every ``accumulation_steps`` micro-steps or at the end of the data.
+        The window's bookkeeping happens here, when ``accumulate(...)`` is called (``with`` calls it at once)."""
         state = self.state
         if state.sync_gradients:  # the previous micro-step ended a window (or this is the first one)
             state.end_window()
@@ -135,12 +138,11 @@ class Stepper:
         boundary = state.window_micro_steps >= state.accumulation_steps or state.end_of_dataloader
         state.sync_gradients = boundary
         if boundary:  # the common case (and every step without accumulation): nothing to enter
-            yield
-            return
-        with contextlib.ExitStack() as stack:
-            for model in models:
-                stack.enter_context(self.no_sync(model))
-            yield
+            return _NOTHING
+        stack = contextlib.ExitStack()
+        for model in models:
+            stack.enter_context(self.no_sync(model))
+        return stack
 
     def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
         if isinstance(self.strategy, BackwardSyncControl):
@@ -216,8 +218,8 @@ class Stepper:
             if isinstance(self.strategy, GradientHolder):  # the strategy's own accumulated gradients go too
                 self.strategy.discard_gradients_(optimizer)
         else:
-            kwargs = {"closure": closure} if closure is not None else {}
-            skipped = self.strategy.optimizer_step(optimizer, self.precision, **kwargs)
+            skipped = (self.strategy.optimizer_step(optimizer, self.precision) if closure is None
+                       else self.strategy.optimizer_step(optimizer, self.precision, closure=closure))
         self.state.record_step(skipped)
         if skipped is True and self.guard is not None and self.strategy.process.rank == 0:
             from ember._log import info
@@ -324,8 +326,9 @@ class AcceleratedScheduler:
         if self.step_with_optimizer:
             if not self._state.sync_gradients:
                 return
-            if any(opt.step_was_skipped for opt in self.optimizers):
-                return
+            for opt in self.optimizers:  # a lazily decided skip is read here (False needs no read)
+                if opt._skipped is not False and bool(opt._skipped):
+                    return
         self.scheduler.step(*args, **kwargs)
 
     def get_last_lr(self) -> list[float]:
