@@ -229,3 +229,17 @@ def test_every_launch_and_config_flag_has_help_text() -> None:
         actions = [a for a in subcommands.choices[name]._actions if a.dest != "help"]
         assert len(actions) > 10
         assert [a.dest for a in actions if not a.help] == [], name
+
+
+def test_launch_reads_strategy_names_from_the_registry() -> None:
+    """`strategy_name` (flag or YAML key) takes any registered name; a wrong one lists the registry's names."""
+    from ember import EmberConfigError
+    from ember.strategies import strategy_names
+
+    cfg = LaunchConfig.from_dict({"distributed_type": "MULTI_CPU", "num_processes": 2,
+                                  "strategy_name": "deepspeed_stage_2"})
+    assert cfg.strategy == "deepspeed_stage_2"
+    with pytest.raises(EmberConfigError) as err:
+        LaunchConfig.from_dict({"num_processes": 2, "strategy_name": "fsdpp"})
+    assert 'Did you mean "fsdp"?' in str(err.value)
+    assert all(f'"{name}"' in str(err.value) for name in strategy_names())

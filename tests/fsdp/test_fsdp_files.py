@@ -104,3 +104,31 @@ def test_fsdp_export_loads_with_from_pretrained_and_load_state_dict(tmp_path: Pa
     from safetensors.torch import load_file
 
     fresh.load_state_dict(load_file(str(path)))  # strict
+
+
+def test_configure_model_builds_on_meta_and_fsdp_materialises(tmp_path: Path) -> None:
+    """Lightning's ``configure_model``: layers built inside it under FSDP start on the meta device (no full copy per
+    rank) and are sharded and materialised by the strategy, then train."""
+    import ember as L
+
+    seen: list[bool] = []
+
+    class Late(L.Module):
+        def configure_model(self) -> None:
+            if not hasattr(self, "net"):
+                self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+                seen.append(all(p.is_meta for p in self.net.parameters()))
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.net(batch).pow(2).mean()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    module = Late()
+    trainer = L.Trainer(accelerator="cpu", strategy="fsdp", max_steps=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, torch.utils.data.DataLoader(torch.randn(12, 4), batch_size=4))
+    assert seen == [True] and trainer.global_step == 3
+    weights = trainer.accelerator.get_state_dict(module)
+    assert all(not v.is_meta and torch.isfinite(v).all() for v in weights.values()) and len(weights) == 4

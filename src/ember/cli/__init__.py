@@ -19,6 +19,7 @@ _LAUNCH_FLAGS: dict[str, tuple[Any, str]] = {
     "main_process_port": (int, "port on machine 0 for the rendezvous (default 29500, or a free one alone)"),
     "mixed_precision": (str, "no | fp16 | bf16 (or ember's names: 16-mixed, bf16-mixed, bf16-true, ...)"),
     "distributed_type": (str, "NO | MULTI_CPU | MULTI_GPU | FSDP | DEEPSPEED (default: MULTI_GPU with GPUs)"),
+    "strategy_name": (str, "any registered ember strategy, e.g. fsdp, deepspeed_stage_2 (wins over distributed_type)"),
     "max_restarts": (int, "restart the whole group up to N times when a process dies (default 0)"),
     "rdzv_backend": (str, "static (default) or c10d (elastic rendezvous through main_process_ip:port)"),
     "gradient_accumulation_steps": (int, "default Accelerator(gradient_accumulation_steps=...) of the script"),

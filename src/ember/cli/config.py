@@ -86,11 +86,14 @@ class LaunchConfig:
     deepspeed_config: dict[str, Any] = field(default_factory=dict)
     gpu_ids: str | None = None
     dynamo_config: dict[str, Any] = field(default_factory=dict)
+    #: ember's own key: any registered strategy name (``ember.strategies.strategy_names()``); wins over the strategy
+    #: that ``distributed_type`` implies
+    strategy_name: str | None = None
     notes: list[str] = field(default_factory=list, repr=False, compare=False)  # what was read and ignored
 
     @property
     def strategy(self) -> str:
-        return DISTRIBUTED_TYPES[self.distributed_type]
+        return self.strategy_name or DISTRIBUTED_TYPES[self.distributed_type]
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> LaunchConfig:
@@ -132,6 +135,12 @@ class LaunchConfig:
         self.distributed_type = _yaml_no(self.distributed_type, "NO").upper()
         if self.distributed_type not in DISTRIBUTED_TYPES:
             raise unknown_value(f"{source}: distributed_type", self.distributed_type, list(DISTRIBUTED_TYPES))
+        if self.strategy_name is not None:
+            from ember.strategies import strategy_names
+
+            if str(self.strategy_name).lower() not in strategy_names():
+                raise unknown_value(f"{source}: strategy_name", self.strategy_name, strategy_names())
+            self.strategy_name = str(self.strategy_name).lower()
         self.mixed_precision = _yaml_no(self.mixed_precision, "no").lower()
         if self.mixed_precision not in MIXED_PRECISION:
             raise unknown_value(f"{source}: mixed_precision", self.mixed_precision, MIXED_PRECISION)
