@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,28 +20,7 @@ from ember.data import (
 )
 
 if TYPE_CHECKING:
-    from ember._stepping import AcceleratedOptimizer
     from ember.accelerator import Accelerator
-
-
-def is_scheduler(obj: Any) -> bool:
-    return isinstance(obj, torch.optim.lr_scheduler.LRScheduler) or (
-        hasattr(obj, "step") and isinstance(getattr(obj, "optimizer", None), torch.optim.Optimizer)
-        and not isinstance(obj, torch.optim.Optimizer)
-    )
-
-
-def check_prepare_args(args: Sequence[Any], prepared: Sequence[AcceleratedOptimizer]) -> None:
-    """Fail before any wrapping if a scheduler comes without its optimizer."""
-    optimizers = {id(o) for o in args if isinstance(o, torch.optim.Optimizer)}
-    optimizers |= {id(o.optimizer) for o in prepared} | {id(o) for o in prepared}
-    for obj in args:
-        if is_scheduler(obj) and id(obj.optimizer) not in optimizers:
-            raise EmberConfigError(
-                f"prepare() got the scheduler {type(obj).__name__} but not its optimizer "
-                f"({type(obj.optimizer).__name__}). Pass the optimizer to the same prepare() call (or an "
-                "earlier one) so the scheduler steps only when that optimizer really steps."
-            )
 
 
 class DataPreparer:
