@@ -133,12 +133,20 @@ def _resume_check(full: str, resumed: str) -> Callable[[Path, int], str | None]:
     return check
 
 
-def _padding_check(folder: Path, procs: int) -> str | None:
-    """`accelerator.mixed_precision != "no"` pads to a multiple of 8: with no mixed precision, batches must not be."""
-    widths = [t["shape"][1] for t in _read_trace(folder / "trace", 0)]  # type: ignore[index]
-    if widths and all(w % 8 == 0 for w in widths):
-        return f"every batch padded to a multiple of 8 ({sorted(set(widths))}): the mixed-precision branch was taken"
-    return None if widths else "no training batch traced"
+def _padding_check(mixed: bool) -> Callable[[Path, int], str | None]:
+    """nlp_example pads every batch to a multiple of 8 exactly when ``accelerator.mixed_precision != "no"``."""
+
+    def check(folder: Path, procs: int) -> str | None:
+        widths = sorted({t["shape"][1] for t in _read_trace(folder / "trace", 0)})  # type: ignore[index]
+        if not widths:
+            return "no training batch traced"
+        padded = all(w % 8 == 0 for w in widths)
+        if padded != mixed:
+            return (f"batch widths {widths}: the script's `mixed_precision != \"no\"` branch was "
+                    f"{'taken' if padded else 'not taken'}")
+        return None
+
+    return check
 
 
 def _mid_epoch_step(procs: int) -> int:
@@ -189,7 +197,9 @@ PL_ARGS = ["--data.batch_size=32", "--trainer.max_epochs=1", "--trainer.limit_tr
            "--optimizer=Adam", "--trainer.accelerator=cpu"]
 
 CASES: list[Case] = [
-    Case("nlp_example", ACC, "examples/nlp_example.py", _one(trace="trace"), check=_padding_check),
+    Case("nlp_example", ACC, "examples/nlp_example.py", _one(trace="trace"), check=_padding_check(False)),
+    Case("nlp_example --mixed_precision bf16", ACC, "examples/nlp_example.py",
+         _one("--mixed_precision", "bf16", trace="trace"), check=_padding_check(True)),
     Case("complete_nlp_example (checkpoint, resume)", ACC, "examples/complete_nlp_example.py",
          _checkpointing_runs("complete"), check=_resume_check("full", "resumed")),
     Case("complete_nlp_example --with_tracking", ACC, "examples/complete_nlp_example.py",
