@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from coverage_notes import INTRO, NOTES, PATTERNS  # noqa: E402
+from coverage_notes import INTRO, NOTES, PATTERNS
 
 
 def _public(names: Iterable[str]) -> list[str]:

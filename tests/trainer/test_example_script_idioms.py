@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from trainer_helpers import Regressor, loader, quiet_trainer
 
 import ember as L
-from trainer_helpers import Regressor, loader, quiet_trainer
 
 
 class EpochRecorder(L.Callback):
