@@ -36,11 +36,12 @@ def _params(fn: Any) -> tuple[list[str], bool]:
 
 
 def _member(cls: Any, instance: Any, name: str) -> Any:
-    """The class's attribute (unevaluated: properties stay properties), else the instance's; None if neither."""
+    """The class's attribute (unevaluated: properties stay properties), else the instance's; None if neither
+    (an instance attribute whose value is None counts as present)."""
     if hasattr(cls, name):
         return inspect.getattr_static(cls, name)
     try:
-        return getattr(instance, name) if hasattr(instance, name) else None
+        return (getattr(instance, name) or True) if hasattr(instance, name) else None
     except Exception:  # a property that needs a running fit
         return True
 
@@ -56,8 +57,13 @@ def _missing_args(theirs: Any, ours: Any) -> list[str]:
 def _note(section: str, name: str) -> str:
     if (section, name) in NOTES:
         return NOTES[(section, name)]
+    if section == "Trainer()":
+        from ember.trainer._config import LIGHTNING_ONLY
+
+        if name in LIGHTNING_ONLY:  # ember's own message for a ported script that passes it
+            return f"refused with a message: {LIGHTNING_ONLY[name]}"
     for (sec, predicate), text in PATTERNS.items():
-        if sec == section and predicate(name):
+        if sec in (section, "accelerate.utils" if section == "accelerate" else section) and predicate(name):
             return text
     return ""
 

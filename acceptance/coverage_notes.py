@@ -129,6 +129,8 @@ NOTES: dict[tuple[str, str], str] = {
     ("accelerate", "synchronize_rng_states"): "ember's sampler derives each epoch's order from a seed; no RNG sync "
     "is needed",
     ("accelerate", "skip_first_batches"): "see `Accelerator.skip_first_batches`",
+    ("accelerate", "init_empty_weights"): "use `accelerator.init_module()` (meta-device / empty init for the strategy)",
+    ("accelerate", "init_on_device"): "use `accelerator.init_module()`",
     # ---------------------------------------------------------------------------------------- Trainer
     ("Trainer", "barebones"): "see the argument",
     ("Trainer", "enable_autolog_hparams"): "see the argument",

@@ -341,6 +341,22 @@ def run_case(case: Case, procs: int, target: str, source: Source, shim: Path, ro
             "seconds": round(time.monotonic() - start, 1)}
 
 
+def markdown_table(ember_json: str, anchor_json: str | None = None) -> str:
+    """One row per case and process count: ember's result (and the anchor's, from a ``--target anchor`` run)."""
+    ours = json.loads(Path(ember_json).read_text())["results"]
+    theirs = {(r["case"], r["procs"]): r for r in json.loads(Path(anchor_json).read_text())["results"]} \
+        if anchor_json else {}
+    head = "| case | processes | ember | why |" + (" anchor | anchor: why |" if theirs else "")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in ours:
+        row = f"| {r['case']} | {r['procs']} | {r['status']} | {str(r['why']).replace('|', '/')} |"
+        if theirs:
+            a = theirs.get((r["case"], r["procs"]), {"status": "not run", "why": ""})
+            row += f" {a['status']} | {str(a['why']).replace('|', '/')} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--accelerate", help="Accelerate's repository (work tree or git directory)")
@@ -354,7 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", default=None, help="keep the case folders (scripts, logs, traces) here")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--show-rewrites", action="store_true", help="print each script's rewritten lines and stop")
+    parser.add_argument("--table", nargs="+", metavar="JSON", default=None,
+                        help="print the markdown table of an ember --json file (and an anchor one) and stop")
     ns = parser.parse_args(argv)
+    if ns.table:
+        print(markdown_table(*ns.table[:2]))
+        return 0
     sources = {ACC: ns.accelerate, LIT: ns.lightning}
     cases = [c for c in CASES if sources[c.anchor] and (ns.only is None or re.search(ns.only, c.name))]
     if not cases:
