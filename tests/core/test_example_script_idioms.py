@@ -49,3 +49,14 @@ def test_profile_kwargs_passed_as_a_kwargs_handler_configure_profile(tmp_path: P
     with accelerator.profile(ProfileKwargs(output_trace_dir=str(explicit))):  # an explicit argument wins
         torch.ones(2) + 1
     assert (explicit / "trace_rank0.json").exists()
+
+
+def test_device_probe_of_complete_cv_example() -> None:
+    from ember.utils import is_xpu_available
+
+    accelerator = Accelerator(cpu=True)
+    expected = hasattr(torch, "xpu") and torch.xpu.is_available()
+    assert is_xpu_available() is expected
+    if is_xpu_available():  # complete_cv_example.py's branch before `mean.to(accelerator.device)`
+        pytest.skip("an XPU is present")
+    assert accelerator.device.type == "cpu"
