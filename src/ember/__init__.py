@@ -21,6 +21,11 @@ _EXPORTS: dict[str, str] = {
     "DistributedDataParallelKwargs": "ember._handlers",
     "InitProcessGroupKwargs": "ember._handlers",
     "GradScalerKwargs": "ember._handlers",
+    "DDPCommunicationHookType": "ember._handlers",
+    "DistributedType": "ember._kinds",
+    "DataLoaderConfiguration": "ember.utils",
+    "ProfileKwargs": "ember.utils",
+    "find_executable_batch_size": "ember.utils",
     "EmberConfigError": "ember._errors",
     "Precision": "ember.precision",
     "Strategy": "ember.strategies.base",
@@ -46,7 +51,13 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 if TYPE_CHECKING:
     from ember._env import ProcessInfo
     from ember._errors import EmberConfigError
-    from ember._handlers import DistributedDataParallelKwargs, GradScalerKwargs, InitProcessGroupKwargs
+    from ember._handlers import (
+        DDPCommunicationHookType,
+        DistributedDataParallelKwargs,
+        GradScalerKwargs,
+        InitProcessGroupKwargs,
+    )
+    from ember._kinds import DistributedType
     from ember._seed import set_seed
     from ember.accelerator import Accelerator
     from ember.callbacks.base import Callback
@@ -62,6 +73,7 @@ if TYPE_CHECKING:
     from ember.trainer.module import LightningModule, Module
     from ember.trainer.seed import seed_everything
     from ember.trainer.trainer import Trainer
+    from ember.utils import DataLoaderConfiguration, ProfileKwargs, find_executable_batch_size
 
 
 def __getattr__(name: str) -> Any:

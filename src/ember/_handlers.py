@@ -69,6 +69,8 @@ class ResolvedHandlers:
     scaler: dict[str, Any] | None = None
     #: builds ``(state, hook)`` for ``DistributedDataParallel.register_comm_hook`` (called after the group exists)
     comm_hook: Callable[[], tuple[Any, Any]] | None = None
+    #: ``ProfileKwargs``: the default options of ``accelerator.profile()``
+    profile: Any = None
 
 
 def comm_hook_factory(
@@ -106,6 +108,8 @@ def comm_hook_factory(
 
 
 def resolve_handlers(handlers: Sequence[Any] | None) -> ResolvedHandlers:
+    from ember.utils import ProfileKwargs
+
     out = ResolvedHandlers()
     for handler in handlers or ():
         if isinstance(handler, DistributedDataParallelKwargs):
@@ -116,9 +120,11 @@ def resolve_handlers(handlers: Sequence[Any] | None) -> ResolvedHandlers:
             out.timeout = handler.timeout
         elif isinstance(handler, GradScalerKwargs):
             out.scaler = asdict(handler)
+        elif isinstance(handler, ProfileKwargs):
+            out.profile = handler
         else:
             raise EmberConfigError(
                 f"kwargs_handlers got {type(handler).__name__}; expected DistributedDataParallelKwargs, "
-                "InitProcessGroupKwargs or GradScalerKwargs from ember."
+                "InitProcessGroupKwargs, GradScalerKwargs or ProfileKwargs from ember.utils."
             )
     return out

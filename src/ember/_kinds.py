@@ -18,13 +18,28 @@ if TYPE_CHECKING:
 
 
 class DistributedType(str, enum.Enum):
-    """How the job is distributed, in Accelerate's words (``accelerator.distributed_type``)."""
+    """How the job is distributed, in Accelerate's words (``accelerator.distributed_type``).
+
+    ember returns ``NO``, ``MULTI_CPU``, ``MULTI_GPU``, ``FSDP`` or ``DEEPSPEED``; Accelerate's other members are
+    here so that ported comparisons such as ``accelerator.distributed_type == DistributedType.XLA`` run (and are
+    False).
+    """
 
     NO = "NO"
     MULTI_CPU = "MULTI_CPU"
     MULTI_GPU = "MULTI_GPU"
     FSDP = "FSDP"
     DEEPSPEED = "DEEPSPEED"
+    # never returned by ember (no such backend here)
+    MULTI_NPU = "MULTI_NPU"
+    MULTI_MLU = "MULTI_MLU"
+    MULTI_SDAA = "MULTI_SDAA"
+    MULTI_MUSA = "MULTI_MUSA"
+    MULTI_XPU = "MULTI_XPU"
+    MULTI_HPU = "MULTI_HPU"
+    MULTI_NEURON = "MULTI_NEURON"
+    XLA = "XLA"
+    MEGATRON_LM = "MEGATRON_LM"
 
     def __str__(self) -> str:
         return self.value

@@ -18,8 +18,9 @@ _ACTIVITIES = ("cpu", "cuda", "xpu", "mtia")
 
 @contextlib.contextmanager
 def profile(self: Accelerator, profile_handler: ProfileKwargs | None = None) -> Iterator[Any]:
-    """Profile the block with ``torch.profiler`` (options from ``ProfileKwargs``); with ``output_trace_dir`` each
-    process writes ``trace_rank{r}.json`` (Chrome trace) there when the block ends.
+    """Profile the block with ``torch.profiler`` (options from ``ProfileKwargs``: the one given here, else the one
+    passed in ``Accelerator(kwargs_handlers=[...])``); with ``output_trace_dir`` each process writes
+    ``trace_rank{r}.json`` (Chrome trace) there when the block ends.
 
     >>> import os, tempfile, torch
     >>> from ember import Accelerator
@@ -35,7 +36,7 @@ def profile(self: Accelerator, profile_handler: ProfileKwargs | None = None) -> 
 
     from ember.utils import ProfileKwargs
 
-    options = (profile_handler or ProfileKwargs()).to_kwargs()
+    options = (profile_handler or self.profile_handler or ProfileKwargs()).to_kwargs()
     names = options.pop("activities") or (["cpu", "cuda"] if self.device.type == "cuda" else ["cpu"])
     bad = [a for a in names if a not in _ACTIVITIES]
     if bad:

@@ -120,6 +120,7 @@ class Accelerator:
             plugins=(fsdp_plugin, deepspeed_plugin),
         )
         self.device, self.strategy = options.device, options.strategy
+        self.profile_handler = options.handlers.profile  # ProfileKwargs from kwargs_handlers: profile()'s default
         from ember.utils import DataLoaderConfiguration, ProjectConfiguration
 
         self.project_configuration = project_config or ProjectConfiguration(project_dir=None)

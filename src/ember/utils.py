@@ -37,6 +37,7 @@ __all__ = [
     "PrecisionType", "ProfileKwargs", "ProjectConfiguration", "find_batch_size", "find_executable_batch_size",
     "is_bf16_available", "is_datasets_available", "is_deepspeed_available", "is_mlflow_available",
     "is_schedulefree_available", "is_tensorboard_available", "is_transformers_available", "is_wandb_available",
+    "is_xpu_available",
     "release_memory", "send_to_device", "set_seed",
 ]
 
@@ -131,6 +132,13 @@ is_tensorboard_available = _installed("tensorboard")
 is_wandb_available = _installed("wandb")
 is_mlflow_available = _installed("mlflow")
 is_schedulefree_available = _installed("schedulefree")
+
+
+def is_xpu_available(check_device: bool = False) -> bool:
+    """An Intel XPU is usable through ``torch.xpu`` (ember trains on CPUs and CUDA GPUs; scripts branch on this)."""
+    import torch
+
+    return bool(getattr(torch, "xpu", None) is not None and torch.xpu.is_available())
 
 
 def is_bf16_available(ignore_tpu: bool = False) -> bool:
