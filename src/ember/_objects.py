@@ -18,6 +18,7 @@ import torch
 from ember._errors import EmberConfigError
 from ember._log import info
 from ember._stepping import AcceleratedOptimizer, AcceleratedScheduler
+from ember.data import apply_to_tensors
 from ember.strategies.base import TrainingSettings
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class ObjectPreparer:
     ) -> tuple[torch.nn.Module, list[torch.optim.Optimizer]]:
         model = self.precision.convert_module(model)
         if self.precision.uses_autocast:
-            autocast_forward(model, self.autocast)
+            autocast_forward(model, self.autocast, self.strategy.device.type)
             self.notes.append(f"model.forward runs under {self.precision.name} autocast")
         if placement:
             model = self.strategy.module_to_device(model)
@@ -184,18 +185,33 @@ def _param_ids(optimizer: torch.optim.Optimizer) -> set[int]:
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
-def autocast_forward(model: torch.nn.Module, autocast: Callable[[], contextlib.AbstractContextManager[Any]]) -> None:
-    """Run ``model.forward`` under autocast, as Accelerate does; the original stays at ``model.__class__.forward``."""
+def autocast_forward(
+    model: torch.nn.Module, autocast: Callable[[], contextlib.AbstractContextManager[Any]], device_type: str
+) -> None:
+    """Run ``model.forward`` under autocast, as Accelerate does; the original stays at ``model.__class__.forward``.
+
+    Called outside any autocast region (the Accelerate loop: ``loss_fn(model(x), y)``), the forward's float16 and
+    bfloat16 outputs come back as float32, as Accelerate's and Fabric's do: the loss is then computed in float32, and
+    a mixed-dtype loss (a bfloat16 output against a float32 target) cannot fail in backward. Called inside autocast
+    (``with accelerator.autocast():``, or a Trainer step) the outputs stay as autocast made them, as Lightning's do.
+    """
     if "forward" in vars(model):
         return
     original = model.forward
 
     @functools.wraps(original)
     def forward(*args: Any, **kwargs: Any) -> Any:
-        with autocast():
+        if torch.is_autocast_enabled(device_type):
             return original(*args, **kwargs)
+        with autocast():
+            out = original(*args, **kwargs)
+        return apply_to_tensors(out, _to_float32)
 
     model.forward = forward  # type: ignore[method-assign]
+
+
+def _to_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -12,14 +12,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ember import Accelerator, GradScalerKwargs, ProcessInfo
 
-# precision string -> (canonical name, parameter dtype, model output dtype)
+# precision string -> (canonical name, parameter dtype, model output dtype outside autocast); "-mixed" computes in
+# float16/bfloat16 and hands the outputs back in float32, as Accelerate does (test_bf16_autocast_... checks the kernel)
 PRECISIONS = {
     "no": ("32-true", torch.float32, torch.float32),
     "32-true": ("32-true", torch.float32, torch.float32),
-    "fp16": ("16-mixed", torch.float32, torch.float16),
-    "16-mixed": ("16-mixed", torch.float32, torch.float16),
-    "bf16": ("bf16-mixed", torch.float32, torch.bfloat16),
-    "bf16-mixed": ("bf16-mixed", torch.float32, torch.bfloat16),
+    "fp16": ("16-mixed", torch.float32, torch.float32),
+    "16-mixed": ("16-mixed", torch.float32, torch.float32),
+    "bf16": ("bf16-mixed", torch.float32, torch.float32),
+    "bf16-mixed": ("bf16-mixed", torch.float32, torch.float32),
     "bf16-true": ("bf16-true", torch.bfloat16, torch.bfloat16),
     "16-true": ("16-true", torch.float16, torch.float16),
     "64-true": ("64-true", torch.float64, torch.float64),
@@ -63,13 +64,38 @@ def test_bf16_autocast_computes_in_bf16_on_cpu() -> None:
     model = acc.prepare(linear)
     x = torch.randn(4, 16)
     out = model(x)
-    assert out.dtype == torch.bfloat16
+    assert out.dtype == torch.float32  # handed back in float32, as Accelerate and Fabric do
     bf16 = F.linear(x.bfloat16(), linear.weight.bfloat16(), linear.bias.bfloat16())
-    assert torch.equal(out, bf16)  # the very same bf16 kernel result
+    assert torch.equal(out, bf16.float())  # the very same bf16 kernel result, widened
     assert not torch.equal(out.float(), F.linear(x, linear.weight, linear.bias))  # not an fp32 result cast down
     with acc.autocast():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
         assert (x @ linear.weight.T).dtype == torch.bfloat16
+
+
+class _TwoOutputs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, Any]:
+        h = self.linear(x)
+        return {"logits": h, "pair": (h.argmax(-1), h * 2)}
+
+
+def test_outputs_come_back_in_float32_outside_autocast_and_stay_low_inside() -> None:
+    """A loss computed outside autocast from a bf16 output and a float32 target used to fail in backward on some
+    torch versions ("Found dtype Float but expected BFloat16"); Accelerate and Fabric return float32 outputs."""
+    acc = _accelerator(mixed_precision="bf16")
+    model = acc.prepare(_TwoOutputs())
+    x, y = torch.randn(3, 4), torch.randn(3, 2)
+    out = model(x)
+    assert out["logits"].dtype == torch.float32 and out["pair"][1].dtype == torch.float32
+    assert out["pair"][0].dtype == torch.int64  # integer outputs untouched
+    F.mse_loss(model(x)["logits"], y).backward()
+    assert model.linear.weight.grad is not None and model.linear.weight.grad.dtype == torch.float32
+    with acc.autocast():  # inside autocast (as in a Trainer step) the outputs stay as autocast made them
+        assert model(x)["logits"].dtype == torch.bfloat16
 
 
 def test_fp16_overflow_skips_the_step_and_the_scheduler_and_backs_off_the_scale() -> None:
