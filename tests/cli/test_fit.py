@@ -22,7 +22,8 @@ CONFIG = EXAMPLES / "bytegpt.yaml"
 
 
 def _ember(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(EXAMPLES), "OMP_NUM_THREADS": "2"}
+    path = os.pathsep.join(p for p in (str(EXAMPLES), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "2"}
     return subprocess.run([sys.executable, "-m", "ember.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=240)
 
