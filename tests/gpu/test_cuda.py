@@ -40,7 +40,9 @@ def test_mixed_precision_on_cuda(precision: str, dtype: torch.dtype) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model, opt = acc.prepare(model, opt)
     out = model(torch.randn(4, 8, device=acc.device))
-    assert out.dtype == dtype
+    assert out.dtype == torch.float32  # computed under autocast, handed back in float32 (as Accelerate does)
+    with acc.autocast():
+        assert model(torch.randn(4, 8, device=acc.device)).dtype == dtype
     before = model.weight.detach().clone()
     acc.backward(out.float().pow(2).mean())
     opt.step()
