@@ -32,3 +32,18 @@ def test_unknown_attribute_names_the_module() -> None:
         assert "Acelerator" in str(err)
     else:  # pragma: no cover
         raise AssertionError("expected AttributeError")
+
+
+def test_house_limits_on_module_size_and_environment_reads() -> None:
+    """DESIGN's limits: the Accelerator facade under 500 lines, no source file over 600, and ``EMBER_*`` variables
+    read in one module (``ember._env``); ``ember launch`` only writes them for its children."""
+    import re
+    from pathlib import Path
+
+    src = Path(ember.__file__).parent
+    sizes = {str(p.relative_to(src)): len(p.read_text().splitlines()) for p in src.rglob("*.py")}
+    assert sizes["accelerator.py"] < 500, sizes["accelerator.py"]
+    assert not {name: n for name, n in sizes.items() if n > 600}
+    reads = re.compile(r"""(environ\.get|getenv)\(\s*["']EMBER_|environ\[["']EMBER_\w*["']\](?!\s*=)""")
+    readers = {str(p.relative_to(src)) for p in src.rglob("*.py") if reads.search(p.read_text())}
+    assert readers <= {"_env.py"}, readers

@@ -459,3 +459,18 @@ def agree_on_names(
     if flags[0] == -flags[1]:
         return
     raise EmberConfigError(mismatch_message(gather(names)))
+
+
+def check_log_options(name: str, enable_graph: bool, sync_dist: bool, sync_dist_group: Any,
+                       rank_zero_only: bool) -> None:
+    """The ``self.log`` options ember does not take refuse loudly instead of being ignored."""
+    if enable_graph:
+        raise EmberConfigError(f"self.log({name!r}, enable_graph=True): logged values are detached in ember (they are "
+                               "read at the log interval). Log loss.detach() and keep your own reference for the graph.")
+    if sync_dist_group is not None:
+        raise EmberConfigError(f"self.log({name!r}, sync_dist_group=...): sync_dist=True reduces over the data-parallel "
+                               "processes; a custom group is not supported. Reduce it yourself with "
+                               "torch.distributed and log the result.")
+    if rank_zero_only and sync_dist:
+        raise EmberConfigError(f"self.log({name!r}, rank_zero_only=True, sync_dist=True): a value logged on rank 0 "
+                               "only cannot be synchronised across ranks; drop one of them.")

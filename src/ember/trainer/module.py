@@ -45,29 +45,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from ember.trainer._hparams import AttributeDict, hparams_from_call
+from ember.trainer.logging import check_log_options
 
 if TYPE_CHECKING:
     from ember.callbacks.base import Callback
     from ember.trainer.trainer import Trainer
 
 __all__ = ["AttributeDict", "LightningModule", "Module"]
-
-def _check_log_options(name: str, enable_graph: bool, sync_dist: bool, sync_dist_group: Any,
-                       rank_zero_only: bool) -> None:
-    """The ``self.log`` options ember does not take refuse loudly instead of being ignored."""
-    from ember._errors import EmberConfigError
-
-    if enable_graph:
-        raise EmberConfigError(f"self.log({name!r}, enable_graph=True): logged values are detached in ember (they are "
-                               "read at the log interval). Log loss.detach() and keep your own reference for the graph.")
-    if sync_dist_group is not None:
-        raise EmberConfigError(f"self.log({name!r}, sync_dist_group=...): sync_dist=True reduces over the data-parallel "
-                               "processes; a custom group is not supported. Reduce it yourself with "
-                               "torch.distributed and log the result.")
-    if rank_zero_only and sync_dist:
-        raise EmberConfigError(f"self.log({name!r}, rank_zero_only=True, sync_dist=True): a value logged on rank 0 "
-                               "only cannot be synchronised across ranks; drop one of them.")
-
 
 #: positional arguments of ``Tensor.backward`` after the tensor, in order
 _BACKWARD_ARGS = ("gradient", "retain_graph", "create_graph", "inputs")
@@ -250,7 +234,7 @@ class Module(torch.nn.Module):
         if trainer is None:
             warnings.warn(f"self.log({name!r}) ignored: the module is not attached to a Trainer.", stacklevel=2)
             return
-        _check_log_options(name, enable_graph, sync_dist, sync_dist_group, rank_zero_only)
+        check_log_options(name, enable_graph, sync_dist, sync_dist_group, rank_zero_only)
         if rank_zero_only and not trainer.is_global_zero:
             return  # Lightning's meaning: this value exists on rank 0 only, and is never synchronised
         trainer._log_metric(
