@@ -21,7 +21,8 @@ Differences that hold everywhere, on purpose:
   rename (never pickles); `load_state`/`ckpt_path` never unpickle. Accelerate writes `optimizer.bin`,
   `random_states_*.pkl`; Lightning a pickled `.ckpt` file.
 - **Resume is exact.** `load_state` also restores the data position: a prepared loader continues mid-epoch where
-  the saved run was, and `len(loader)` is what its next `iter()` yields (the rest of that epoch). See
+  the saved run was; `len(loader)` stays a whole epoch (as Accelerate's, so its resume arithmetic holds) and
+  `loader.batches_left` is what the next `iter()` yields. See
   [drop-in.md](drop-in.md) for what this does to Accelerate's `skip_first_batches` recipe.
 - **Schedulers step once per optimizer step** (not once per process as Accelerate's prepared scheduler does, not on
   steps skipped by fp16 overflow or accumulation); size schedules with `accelerator.optimizer_steps(loader)`.

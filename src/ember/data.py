@@ -13,16 +13,21 @@ after it (see :class:`DeviceLoader`).
 from __future__ import annotations
 
 import itertools
-import math
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
-from ember._errors import EmberConfigError, unknown_value
+from ember._errors import EmberConfigError
+from ember._sampling import SHARD_AXES, IterableShard, ResumableSampler, splits_itself
+
+__all__ = [
+    "SHARD_AXES", "DeviceLoader", "IterableShard", "LoaderState", "ResumableSampler", "SkippedLoader", "apply_to_tensors", "epoch_seed",
+    "find_batch_size", "move_to_device", "skip_first_batches", "splits_itself",
+]
 
 
 def apply_to_tensors(data: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -71,188 +76,6 @@ def find_batch_size(data: Any) -> int | None:
     return None
 
 
-class ResumableSampler(Sampler[int]):
-    """Shards (and optionally shuffles) a map-style dataset across ranks and can resume mid-epoch.
-
-    Args:
-        length: number of items in the dataset.
-        batch_size: per-rank batch size; shards are whole batches (see the module docstring).
-        num_replicas / rank: world size and this process's rank.
-        shuffle: reshuffle every epoch with ``seed + epoch`` (the permutation ``torch.randperm`` draws from a
-            generator seeded so, as ``torch.utils.data.DistributedSampler`` does).
-        even_batches: pad the last round by repeating items from the start so every rank gets the same
-            number of batches (``gather_for_metrics`` drops the repeats). If False, ranks may get fewer.
-        drop_last: drop the last incomplete round instead of padding.
-
-    ``start_batch`` (set by the loader for a resumed epoch) skips that many of this rank's batches without
-    building them; ``len()`` is what is left, computed without building the permutation.
-
-    >>> s = ResumableSampler(10, batch_size=2, num_replicas=2, rank=1)
-    >>> list(s), len(s)
-    ([2, 3, 6, 7, 0, 1], 6)
-    """
-
-    def __init__(
-        self,
-        length: int,
-        *,
-        batch_size: int = 1,
-        num_replicas: int = 1,
-        rank: int = 0,
-        shuffle: bool = False,
-        seed: int = 0,
-        even_batches: bool = True,
-        drop_last: bool = False,
-    ) -> None:
-        self.length = length
-        self.batch_size = max(1, batch_size)
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.shuffle = shuffle
-        self.seed = seed
-        self.even_batches = even_batches
-        self.drop_last = drop_last
-        self.epoch = 0
-        self.start_batch = 0  # batches of this epoch skipped (a resumed epoch)
-
-    @property
-    def total_size(self) -> int:
-        """Items in one epoch across all ranks, padding included."""
-        if self.num_replicas == 1:
-            return self.length  # one process: the DataLoader's own drop_last applies as usual
-        if self.drop_last:
-            return (self.length // (self.batch_size * self.num_replicas)) * self.batch_size * self.num_replicas
-        if self.even_batches:
-            return math.ceil(self.length / (self.batch_size * self.num_replicas)) * self.batch_size * self.num_replicas
-        return self.length
-
-    @property
-    def num_padded(self) -> int:
-        return max(0, self.total_size - self.length)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffle order of ``epoch`` (called automatically by ember's loader)."""
-        self.epoch = epoch
-
-    def _global_indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            indices = torch.randperm(self.length, generator=g).tolist()
-        else:
-            indices = list(range(self.length))
-        total = self.total_size
-        if total <= len(indices):
-            return indices[:total]
-        repeats = math.ceil((total - len(indices)) / max(1, len(indices)))
-        return indices + (indices * repeats)[: total - len(indices)]
-
-    def _local_indices(self) -> list[int]:
-        indices = self._global_indices()
-        bs, world = self.batch_size, self.num_replicas
-        local: list[int] = []
-        for start in range(self.rank * bs, len(indices), world * bs):
-            local.extend(indices[start : start + bs])
-        return local
-
-    def __iter__(self) -> Iterator[int]:
-        local = self._local_indices()
-        return iter(local[self.start_batch * self.batch_size :])
-
-    def __len__(self) -> int:
-        return max(0, self.num_local_items() - self.start_batch * self.batch_size)
-
-    def num_local_items(self) -> int:
-        """Items this rank gets in a whole epoch, padding included (O(1): no permutation is built)."""
-        total, size, world = self.total_size, self.batch_size, self.num_replicas
-        batches = -(-total // size)  # global batches; batch j goes to rank j % world
-        mine = max(0, -(-(batches - self.rank) // world))
-        items = mine * size
-        if mine and (batches - 1) % world == self.rank:
-            items -= batches * size - total  # the epoch's last batch is this rank's, and it may be short
-        return items
-
-
-#: what an IterableDataset can split its items by (see :func:`splits_itself`)
-SHARD_AXES = ("rank", "worker")
-
-
-def splits_itself(dataset: Any) -> frozenset[str]:
-    """What an IterableDataset already splits its items by: a subset of ``{"rank", "worker"}``.
-
-    ``prepare`` shards an IterableDataset by whatever it does not split itself, so every item is read by one
-    worker of one process, once. The rule, first match wins:
-
-    1. A ``sharded_by`` attribute on the dataset (or its class), a tuple of ``"rank"`` and/or ``"worker"``.
-       Set ``sharded_by = ("worker",)`` on a dataset that splits its stream across DataLoader workers itself
-       (it reads ``torch.utils.data.get_worker_info()``), ``("rank", "worker")`` on one that also splits it
-       across processes, and ``()`` to have ember split it by both.
-    2. A Hugging Face ``datasets.IterableDataset`` (it has ``n_shards``) splits by worker, and by rank as well
-       once ``datasets.distributed.split_dataset_by_node`` was applied to it.
-    3. Anything else splits by nothing: ember splits it by (rank, worker). Each worker then still reads the whole
-       stream and keeps its share: a dataset that can read only its own share should split itself, and say so.
-
-    >>> class Files(IterableDataset):
-    ...     sharded_by = ("worker",)  # its __iter__ reads only this worker's files
-    >>> sorted(splits_itself(Files)), sorted(splits_itself(IterableDataset))
-    (['worker'], [])
-    """
-    declared = getattr(dataset, "sharded_by", None)
-    if declared is not None:
-        values = (declared,) if isinstance(declared, str) else tuple(declared)
-        for value in values:
-            if value not in SHARD_AXES:
-                raise unknown_value(f"{type(dataset).__name__}.sharded_by item", value, SHARD_AXES)
-        return frozenset(values)
-    if type(dataset).__module__.split(".")[0] == "datasets" and hasattr(dataset, "n_shards"):
-        return frozenset(SHARD_AXES) if getattr(dataset, "_distributed", None) else frozenset({"worker"})
-    return frozenset()
-
-
-class IterableShard(IterableDataset[Any]):
-    """Gives this process (rank ``rank`` of ``world_size``) and DataLoader worker its share of an IterableDataset.
-
-    Items are read in groups; each share takes one item of every complete group, so all shares get the same
-    number of items (at most ``group - 1`` trailing items are dropped). With ``split_workers`` a group is
-    ``world_size * num_workers`` items and a share is a (rank, worker); without it (a dataset that splits
-    itself across workers, see :func:`splits_itself`) each worker's own stream is split by rank only.
-    """
-
-    def __init__(
-        self, dataset: Iterable[Any], rank: int, world_size: int, *, split_workers: bool = True, num_workers: int = 0
-    ) -> None:
-        self.dataset = dataset
-        self.rank = rank
-        self.world_size = world_size
-        self.split_workers = split_workers
-        self.num_workers = num_workers
-
-    def _share(self) -> tuple[int, int]:
-        info = torch.utils.data.get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None and self.split_workers else (1, 0)
-        return self.world_size * workers, self.rank * workers + worker
-
-    def __iter__(self) -> Iterator[Any]:
-        group, slot = self._share()
-        it = iter(self.dataset)
-        while True:
-            chunk = list(itertools.islice(it, group))
-            if len(chunk) < group:
-                return
-            yield chunk[slot]
-
-    def __len__(self) -> int:
-        """Items this process gets in all (exact unless the dataset splits itself across workers)."""
-        if not isinstance(self.dataset, Sized):
-            raise TypeError(f"{type(self.dataset).__name__} has no len()")
-        workers = max(1, self.num_workers) if self.split_workers else 1
-        return len(self.dataset) // (self.world_size * workers) * workers
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-
 @dataclass
 class LoaderState:
     """Position of a prepared loader: its epoch and how many of that epoch's batches were handed out.
@@ -293,9 +116,10 @@ class DeviceLoader:
     was left by ``break`` or was driven by ``next()``: the sampler (or a dataset's ``set_epoch``) is set to the
     next epoch, so a shuffled order changes every epoch. The exception is a position set by ``load_state``
     (:meth:`load_state_dict`), :func:`skip_first_batches` or :meth:`seek`: the first ``iter()`` after it
-    continues that epoch at that batch, once. ``len(loader)`` is always the number of batches the next
-    ``iter()`` yields; :attr:`batches_per_epoch` is a whole epoch's. ``state`` is where the loader is
-    (checkpoints save it).
+    continues that epoch at that batch, once. ``len(loader)`` is a whole epoch's batches, as PyTorch's and
+    Accelerate's (the arithmetic of Accelerate's resume recipes depends on it); :attr:`batches_left` is the
+    number the next ``iter()`` yields, which differs only in an epoch resumed by ``load_state``. ``state`` is
+    where the loader is (checkpoints save it).
 
     With a seed (every loader ``prepare`` builds), the DataLoader's generator is reseeded at each epoch from
     (seed, epoch, rank) — see :func:`epoch_seed`. Random transforms done in DataLoader workers thus differ
@@ -358,7 +182,14 @@ class DeviceLoader:
         return len(self.base_dataloader)
 
     def __len__(self) -> int:
-        """Batches the next ``iter()`` yields: a whole epoch, or the rest of a resumed one."""
+        """Batches of a whole epoch on this process, as a PyTorch DataLoader's (also after ``load_state``, so
+        Accelerate's ``resume_step // len(loader)`` arithmetic holds); :attr:`batches_left` is what the next
+        ``iter()`` yields."""
+        return self.batches_per_epoch
+
+    @property
+    def batches_left(self) -> int:
+        """Batches the next ``iter()`` yields: a whole epoch, or the rest of one resumed by ``load_state``."""
         return max(0, self.batches_per_epoch - self._next_start()[1])
 
     def set_seed(self, seed: int) -> None:
@@ -474,6 +305,24 @@ class DeviceLoader:
             self._on_batch(None)  # the epoch is over: later accumulate() steps are not "end of data"
 
 
+class SkippedLoader:
+    """What :func:`skip_first_batches` returns for a prepared loader: iterating it runs the loader from the
+    batch just set, and ``len()`` counts the batches left of that epoch, as Accelerate's skipped loader does.
+    Everything else (``state``, ``set_epoch``, ...) is the prepared loader's, which ``save_state`` records."""
+
+    def __init__(self, prepared: DeviceLoader) -> None:
+        self.prepared = prepared
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.prepared)
+
+    def __len__(self) -> int:
+        return self.prepared.batches_left
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.prepared, name)
+
+
 class _SkipFirst:
     """A sampler or batch sampler without its first ``skip`` entries (indices only: nothing is loaded)."""
 
@@ -505,14 +354,13 @@ class _SkipDataLoader(DataLoader[Any]):
 def skip_first_batches(dataloader: Any, num_batches: int = 0) -> Any:
     """Start the epoch at its batch ``num_batches``, counted from the epoch's start (this process's batches).
 
-    A prepared loader is positioned and returned: its next ``iter()`` runs the epoch it would run anyway (the
-    one ``load_state`` restored, else the next one) from batch ``num_batches``, without loading the batches
-    before it. The position replaces one that ``load_state`` restored, never adds to it, so Accelerate's
-    resume recipe (``load_state(...)`` then ``skip_first_batches(loader, resume_step)``) and ember's automatic
-    resume yield the same batches. It is used once: the iteration after it runs a whole new epoch.
-
-    Compute ``resume_step`` with ``loader.batches_per_epoch``: after ``load_state``, ``len(loader)`` counts
-    what is left of the restored epoch, not the epoch's length.
+    A prepared loader is positioned: its next ``iter()`` runs the epoch it would run anyway (the one
+    ``load_state`` restored, else the next one) from batch ``num_batches``, without loading the batches before
+    it; the :class:`SkippedLoader` returned iterates it and has the rest of that epoch as its ``len()``. The
+    position replaces one that ``load_state`` restored, never adds to it, so Accelerate's resume recipe
+    (``load_state(...)``, ``starting_epoch = resume_step // len(loader)``, then ``skip_first_batches(loader,
+    resume_step % len(loader))``) and ember's automatic resume yield the same batches. It is used once: the
+    iteration after it runs a whole new epoch.
 
     An unprepared DataLoader gives a new DataLoader that skips its first ``num_batches`` batches whenever it
     is iterated (a map-style dataset's are skipped in its batch sampler; an IterableDataset's are loaded and
@@ -521,12 +369,15 @@ def skip_first_batches(dataloader: Any, num_batches: int = 0) -> Any:
     >>> from ember import Accelerator
     >>> accelerator = Accelerator(cpu=True, verbose=False)
     >>> loader = accelerator.prepare(DataLoader(torch.arange(10), batch_size=2))
-    >>> [b.tolist() for b in skip_first_batches(loader, 3)]
-    [[6, 7], [8, 9]]
+    >>> skipped = skip_first_batches(loader, 3)
+    >>> len(skipped), [b.tolist() for b in skipped]
+    (2, [[6, 7], [8, 9]])
     >>> len(loader), [b.tolist() for b in loader][:2]  # the next epoch is whole again
     (5, [[0, 1], [2, 3]])
     """
     skip = _count(num_batches, "skip_first_batches", "num_batches")
+    if isinstance(dataloader, SkippedLoader):
+        dataloader = dataloader.prepared
     if isinstance(dataloader, DeviceLoader):
         epoch, _ = dataloader._next_start()
         per_epoch = None if isinstance(dataloader.dataset, IterableDataset) else dataloader.batches_per_epoch
@@ -536,7 +387,7 @@ def skip_first_batches(dataloader: Any, num_batches: int = 0) -> Any:
                 "process. Pass the batches consumed within the epoch, e.g. resume_step % loader.batches_per_epoch."
             )
         dataloader.seek(epoch, skip)
-        return dataloader
+        return SkippedLoader(dataloader)
     if not isinstance(dataloader, DataLoader):
         raise EmberConfigError(
             f"skip_first_batches(dataloader=...) got {type(dataloader).__name__}; pass a torch DataLoader or a "

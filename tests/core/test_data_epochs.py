@@ -179,12 +179,14 @@ def test_defect_9_set_epoch_after_load_state_keeps_the_restored_position(tmp_pat
     assert _ids(loader) == _reference_epoch(1, 0, 1)
 
 
-def test_defect_9_len_after_load_state_is_what_the_loader_yields(tmp_path: Path) -> None:
+def test_defect_9_after_load_state_batches_left_is_what_the_loader_yields_and_len_the_epoch(tmp_path: Path) -> None:
+    """``len()`` stays a whole epoch (PyTorch's and Accelerate's meaning: Accelerate's resume recipes compute
+    ``resume_step // len(loader)`` after ``load_state``); ``batches_left`` is what the next ``iter()`` yields."""
     path, epoch0 = _saved_mid_epoch(tmp_path, consumed=5)
     acc = _accelerator(seed=SEED, project_dir=tmp_path)
     loader = _shuffled(acc)
     acc.load_state(path)
-    assert (len(loader), loader.batches_per_epoch) == (7, 12)
+    assert (loader.batches_left, len(loader), loader.batches_per_epoch) == (7, 12, 12)
     batches = []
     for (batch,) in loader:
         assert len(loader) == 12  # while an epoch runs, the next iter() is a whole new epoch
@@ -259,9 +261,10 @@ def test_skip_first_batches_after_load_state_starts_at_that_batch_of_the_epoch_n
         acc = _accelerator(seed=SEED, project_dir=tmp_path)
         loader = _shuffled(acc)
         acc.load_state(path)
-        assert acc.skip_first_batches(loader, skip) is loader
-        assert len(loader) == 12 - skip
-        assert _ids(loader) == epoch0[skip:]  # counted from the epoch's start, not from the restored batch
+        skipped = acc.skip_first_batches(loader, skip)
+        assert skipped.prepared is loader and skipped.state is loader.state
+        assert len(skipped) == loader.batches_left == 12 - skip and len(loader) == 12
+        assert _ids(skipped) == epoch0[skip:]  # counted from the epoch's start, not from the restored batch
         assert len(loader) == 12 and _ids(loader) == _reference_epoch(1, 0, 1)  # used once
 
 

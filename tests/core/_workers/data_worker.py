@@ -133,7 +133,7 @@ def train(mode: str, workers: int, out: Path) -> dict[str, Any]:
     net, opt, loader = acc.prepare(net, torch.optim.SGD(net.parameters(), lr=0.1),
                                    DataLoader(data, batch_size=BATCH, shuffle=True, num_workers=workers))
     save_every, kill_at = TRAIN_PLAN[acc.num_processes]
-    steps_per_epoch = len(loader)  # before load_state: after it, len() is what is left of the restored epoch
+    steps_per_epoch = len(loader)
     log: list[dict[str, Any]] = []
 
     def step(batch: Any, epoch: int) -> None:
@@ -154,8 +154,8 @@ def train(mode: str, workers: int, out: Path) -> dict[str, Any]:
         path = sorted((out / mode / "checkpoints").glob("step-*"))[-1]
         acc.load_state(path)
         resume_step = int(path.name.split("-")[1])
-        starting_epoch = resume_step // steps_per_epoch
-        resume_step -= starting_epoch * steps_per_epoch
+        starting_epoch = resume_step // len(loader)  # as Accelerate's examples write it: len() after load_state
+        resume_step -= starting_epoch * len(loader)
         for epoch in range(starting_epoch, EPOCHS):
             first = epoch == starting_epoch and resume_step
             active = acc.skip_first_batches(loader, resume_step) if first else loader
