@@ -30,6 +30,7 @@ MODULES = {
     "ember.checkpoint._sharded": 3,
     "ember.trainer.trainer": 35,
     "ember.trainer.module": 40,
+    "ember.trainer._collate": 5,
     "ember._env": 4,
     "ember._handlers": 1,
     "ember._seed": 1,

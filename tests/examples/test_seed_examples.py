@@ -14,6 +14,8 @@ from types import ModuleType
 import pytest
 import torch
 
+from ember.trainer._collate import DataCollator
+
 pytest.importorskip("transformers", reason="the seed examples build tiny transformers models")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -44,7 +46,7 @@ def test_hf_style_collation_masks_padding_out_of_the_loss() -> None:
     hf = _load("seed_hf_trainer")
     model = hf.tiny_gpt2().eval()
     rows = [{"input_ids": [5, 6, 7, 8, 9], "text": "a"}, {"input_ids": [10, 11, 12], "text": "b"}]
-    batch = hf.CausalLMCollator(model)(rows)
+    batch = DataCollator(model)(rows)  # what fit(module, dataset) collates with
     assert set(batch) == {"input_ids", "attention_mask", "labels"}  # `text` dropped, as remove_unused_columns
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert batch["labels"].tolist() == [[5, 6, 7, 8, 9], [10, 11, 12, -100, -100]]
@@ -63,7 +65,7 @@ def test_hf_trainer_job_on_ember_trainer(tmp_path: Path) -> None:
         import datasets
 
         assert isinstance(dataset, datasets.Dataset)
-    collate = hf.CausalLMCollator(hf.tiny_gpt2())
+    collate = DataCollator(hf.tiny_gpt2())
 
     def mean_loss(model: torch.nn.Module) -> float:
         model.eval()

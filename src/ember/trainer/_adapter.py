@@ -6,8 +6,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from ember._errors import EmberConfigError, unknown_value
+from ember.trainer._collate import DataCollator, loader_for
 from ember.trainer.module import Module
 
 
@@ -53,6 +55,7 @@ class WrappedModel(Module):
         optimizer: Callable[[Iterator[torch.nn.Parameter]], torch.optim.Optimizer] | torch.optim.Optimizer,
         lr_scheduler: Callable[[torch.optim.Optimizer], Any] | Any = None,
         lr_scheduler_interval: str = "step",
+        batch_size: int = 8,
     ) -> None:
         super().__init__()
         if isinstance(model, Module):
@@ -77,13 +80,21 @@ class WrappedModel(Module):
             )
         if lr_scheduler_interval not in ("step", "epoch"):
             raise unknown_value("lr_scheduler_interval", lr_scheduler_interval, ["step", "epoch"])
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise EmberConfigError(f"Module.wrap(batch_size={batch_size!r}): expected an int >= 1 (the batch size of "
+                                   "the loaders built for datasets passed to fit/validate/test/predict).")
         self.model = model
+        self.batch_size = batch_size
         self._optimizer_spec = optimizer
         self._scheduler_factory = lr_scheduler
         self._scheduler_interval = lr_scheduler_interval
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
+
+    def dataloader_for(self, dataset: Any, train: bool) -> DataLoader[Any]:
+        """The loader for a dataset passed straight to the Trainer (see :mod:`ember.trainer._collate`)."""
+        return loader_for(dataset, DataCollator(self.model), self.batch_size, train)
 
     def compute_loss(self, batch: Any) -> torch.Tensor:
         return loss_of(call_model(self.model, batch))

@@ -206,12 +206,31 @@ def _call_datamodule(t: Trainer, datamodule: Any, stage: str) -> None:
 
 def _loaders(kind: str, given: Any, datamodule: Any, module: Module) -> Any:
     if given is not None:
-        return given
+        return _from_dataset(kind, given, module)
     for owner in (datamodule, module):
         method = getattr(owner, f"{kind}_dataloader", None) if owner is not None else None
         if callable(method):
             return method()
     return None
+
+
+def _from_dataset(kind: str, given: Any, module: Module) -> Any:
+    """A dataset passed where a DataLoader goes: loaded by :meth:`Module.wrap`'s adapter as the HF Trainer would."""
+    from ember.trainer._collate import is_dataset
+
+    if isinstance(given, (list, tuple)) and given and all(isinstance(x, DataLoader) for x in given):
+        return given
+    if not is_dataset(given):
+        return given
+    make = getattr(module, "dataloader_for", None)
+    if make is None:
+        arg = "train_dataloaders" if kind == "train" else "dataloaders" if kind != "val" else "val_dataloaders"
+        raise EmberConfigError(
+            f"{arg} got a dataset ({type(given).__name__}), not a DataLoader. Wrap it: DataLoader(dataset, "
+            "batch_size=..., shuffle=True); or train a plain model through Module.wrap(model, optimizer=..., "
+            "batch_size=8), which takes datasets as the Hugging Face Trainer does."
+        )
+    return make(given, train=kind == "train")
 
 
 def _begin(t: Trainer, module: Module, stage: str, datamodule: Any) -> None:

@@ -549,13 +549,17 @@ class Module(torch.nn.Module):
         optimizer: Callable[[Iterator[torch.nn.Parameter]], torch.optim.Optimizer] | torch.optim.Optimizer,
         lr_scheduler: Callable[[torch.optim.Optimizer], Any] | Any = None,
         lr_scheduler_interval: str = "step",
+        batch_size: int = 8,
     ) -> Module:
         """Train a plain ``nn.Module`` (e.g. a Hugging Face model) whose forward returns a loss or ``.loss``.
 
         ``optimizer`` is a factory called with the parameters (``lambda p: AdamW(p, lr=1e-4)``,
         ``functools.partial(AdamW, lr=1e-4)``) or an optimizer already built on ``model.parameters()``;
         ``lr_scheduler`` a factory called with the optimizer, or a scheduler already built on that optimizer;
-        it steps every optimizer step by default (``lr_scheduler_interval="epoch"``: every epoch).
+        it steps every optimizer step by default (``lr_scheduler_interval="epoch"``: every epoch). A dataset
+        (a ``datasets.Dataset``, a list of dicts) can then go to ``fit``/``validate``/``test``/``predict`` where a
+        DataLoader would, as with the Hugging Face Trainer: loaders of ``batch_size`` are built with its collation
+        (unused columns dropped, padding, ``labels``; see :class:`ember.trainer._collate.DataCollator`).
 
         >>> import torch, ember as L
         >>> class Net(torch.nn.Module):
@@ -570,7 +574,7 @@ class Module(torch.nn.Module):
         """
         from ember.trainer._adapter import WrappedModel
 
-        return WrappedModel(model, optimizer, lr_scheduler, lr_scheduler_interval)
+        return WrappedModel(model, optimizer, lr_scheduler, lr_scheduler_interval, batch_size)
 
 
 LightningModule = Module
