@@ -29,6 +29,38 @@ MODES = ("raw_fsdp2", "ember_fsdp", "ember_fsdp_trainer", "ember_zero2")
 VARIANTS = ("ember_fsdp_opt_after", "ember_fsdp_raw_loader")
 
 
+class _Profile:
+    """``--profile``: a torch.profiler trace of the timed steps; prints the top kernels and CPU ops (rank 0)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.prof = args, None
+
+    def tick(self, i: int) -> None:
+        import torch
+
+        if self.args.profile and i == self.args.warmup:
+            acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            self.prof = torch.profiler.profile(activities=acts)
+            self.prof.__enter__()
+
+    def done(self, label: str) -> None:
+        import torch
+
+        if self.prof is None:
+            return
+        torch.cuda.synchronize()
+        self.prof.__exit__(None, None, None)
+        if os.environ.get("RANK", "0") != "0":
+            return
+        ka = self.prof.key_averages()
+        steps = self.args.steps
+        cuda_total = sum(e.self_device_time_total for e in ka) / 1e3 / steps
+        cpu_total = sum(e.self_cpu_time_total for e in ka) / 1e3 / steps
+        print(f"PROFILE {label}: GPU kernel time {cuda_total:.1f} ms/step, CPU op time {cpu_total:.1f} ms/step")
+        print(ka.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=70))
+        print(ka.table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=70), flush=True)
+
+
 def _config() -> Any:
     from _gpt import Config
 
@@ -64,16 +96,19 @@ def raw_fsdp2(args: argparse.Namespace) -> tuple[float, int]:
     sampler = torch.utils.data.DistributedSampler(ds, shuffle=True, seed=0)
     dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, sampler=sampler, pin_memory=True, num_workers=2)
     start = 0.0
+    prof = _Profile(args)
     for i, (x, y) in enumerate(dl):
         if i == args.warmup:
             torch.cuda.synchronize()
             start = time.perf_counter()
+        prof.tick(i)
         loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    prof.done("raw_fsdp2")
     dist.destroy_process_group()
     return elapsed, rank
 
@@ -109,10 +144,12 @@ def ember_accelerator(args: argparse.Namespace, kind: str, variant: str = "") ->
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=kind != "zero2")
         model, opt, dl = acc.prepare(model, opt, dl)
     start = 0.0
+    prof = _Profile(args)
     for i, (x, y) in enumerate(dl):
         if i == args.warmup:
             torch.cuda.synchronize()
             start = time.perf_counter()
+        prof.tick(i)
         if variant == "raw_loader":
             x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
         loss = model(x, y)
@@ -121,6 +158,7 @@ def ember_accelerator(args: argparse.Namespace, kind: str, variant: str = "") ->
         opt.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    prof.done(f"ember_{kind}{'_' + variant if variant else ''}")
     rank = acc.process_index
     acc.end_training()
     return elapsed, rank
@@ -181,11 +219,14 @@ def worker(args: argparse.Namespace) -> None:
 
 def launch(mode: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     flags = ["--worker", mode, "--batch", str(args.batch), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+    flags += ["--profile"] if args.profile else []
     if mode == "raw_fsdp2":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
     else:
         cmd = [sys.executable, "-m", "ember.cli", "launch", "--num_processes", str(args.nproc)]
     out = subprocess.run([*cmd, __file__, *flags, *extra], capture_output=True, text=True, timeout=900)
+    if args.profile:
+        print("\n".join(line for line in out.stdout.splitlines() if not line.startswith("RESULT ")), flush=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return dict(json.loads(line[7:]))
@@ -201,6 +242,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--worker", choices=MODES + VARIANTS)
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler summary of the timed steps")
     args, extra = p.parse_known_args()
     if args.worker:
         worker(args)
