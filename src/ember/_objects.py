@@ -124,7 +124,7 @@ class ObjectPreparer:
     ) -> tuple[torch.nn.Module, list[torch.optim.Optimizer]]:
         model = self.precision.convert_module(model)
         if self.precision.uses_autocast:
-            autocast_forward(model, self.autocast, self.strategy.device.type)
+            autocast_forward(model, self.autocast, self.strategy.device.type, self.precision)
             self.notes.append(f"model.forward runs under {self.precision.name} autocast")
         if placement:
             model = self.strategy.module_to_device(model)
@@ -186,14 +186,16 @@ def _param_ids(optimizer: torch.optim.Optimizer) -> set[int]:
 
 
 def autocast_forward(
-    model: torch.nn.Module, autocast: Callable[[], contextlib.AbstractContextManager[Any]], device_type: str
+    model: torch.nn.Module, autocast: Callable[[], contextlib.AbstractContextManager[Any]], device_type: str,
+    precision: Precision,
 ) -> None:
     """Run ``model.forward`` under autocast, as Accelerate does; the original stays at ``model.__class__.forward``.
 
     Called outside any autocast region (the Accelerate loop: ``loss_fn(model(x), y)``), the forward's float16 and
     bfloat16 outputs come back as float32, as Accelerate's and Fabric's do: the loss is then computed in float32, and
     a mixed-dtype loss (a bfloat16 output against a float32 target) cannot fail in backward. Called inside autocast
-    (``with accelerator.autocast():``, or a Trainer step) the outputs stay as autocast made them, as Lightning's do.
+    (``with accelerator.autocast():``, or a Trainer step) the outputs stay as autocast made them, as Lightning's do;
+    so they do everywhere when the precision's ``float32_outputs`` is off (the Trainer's setting).
     """
     if "forward" in vars(model):
         return
@@ -205,7 +207,7 @@ def autocast_forward(
             return original(*args, **kwargs)
         with autocast():
             out = original(*args, **kwargs)
-        return apply_to_tensors(out, _to_float32)
+        return apply_to_tensors(out, _to_float32) if getattr(precision, "float32_outputs", True) else out
 
     model.forward = forward  # type: ignore[method-assign]
 

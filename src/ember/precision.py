@@ -127,6 +127,9 @@ class MixedPrecision(Precision):
         self.uses_autocast = True
         self.name = "16-mixed" if dtype == torch.float16 else "bf16-mixed"
         self.scaler_kwargs = dict(scaler_kwargs or {})
+        #: a prepared model called outside autocast hands back its float16/bfloat16 outputs as float32 (as
+        #: Accelerate and Fabric do); the Trainer turns this off, as Lightning leaves outputs as computed
+        self.float32_outputs = True
         self.scaler: torch.amp.GradScaler | None = None
         if dtype == torch.float16:
             cls = scaler_cls or torch.amp.GradScaler

@@ -44,11 +44,14 @@ class FSDPMixedPrecision(MixedPrecision):
     def __init__(self, base: MixedPrecision, device_type: str) -> None:
         super().__init__(base.dtype, device_type, base.scaler_kwargs)
         self.uses_autocast = False
+        self.float32_outputs = base.float32_outputs
 
-    def policy(self) -> Any:
+    def policy(self, root: bool = False) -> Any:
+        """The blocks' policy; the root's also casts the model's outputs to float32 when ``float32_outputs``."""
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
-        return MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
+        output = torch.float32 if root and self.float32_outputs else None
+        return MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32, output_dtype=output)
 
     def autocast(self, device_type: str) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
@@ -192,7 +195,10 @@ class FSDPStrategy(Strategy, BackwardSyncControl, ForwardRedirection, Reshardabl
             if self.compile_blocks:
                 block.compile()
             fully_shard(block, **kwargs)
-        fully_shard(module, **{**kwargs, "reshard_after_forward": self.reshard_after_forward and not blocks})
+        root = {**kwargs, "reshard_after_forward": self.reshard_after_forward and not blocks}
+        if policy is not None:
+            root["mp_policy"] = policy(root=True)
+        fully_shard(module, **root)
         self._blocks = len(blocks)
         self._materialize(module)
         after = dict(module.named_parameters())

@@ -189,6 +189,8 @@ class Trainer(TrainerProperties):
                 handle_signals=handle_signals, nonfinite=nonfinite, timeout=cfg.check_timeout(timeout),
             )
             _setup.apply_backend_flags(deterministic, benchmark)
+            if hasattr(self._accelerator.precision, "float32_outputs"):  # Lightning leaves outputs as computed
+                self._accelerator.precision.float32_outputs = False
             if self._accelerator.process.world_size > 1:  # test/predict may follow fit: close at exit
                 atexit.register(_shutdown, weakref.ref(self), self._accelerator.strategy)
         device = self._accelerator.device if self._accelerator is not None else torch.device("cpu")
