@@ -199,22 +199,21 @@ def ember_accelerator(args: argparse.Namespace, kind: str, variant: str = "") ->
     return elapsed, rank
 
 
-def ember_trainer(args: argparse.Namespace, kind: str = "fsdp") -> tuple[float, int]:
+def _trainer_fit(pkg: Any, args: argparse.Namespace, kind: str, strategy: Any, **extra: Any) -> tuple[float, int]:
+    """One ``fit`` with ember's or Lightning's Trainer (``pkg``: the same names in both), timed from step ``warmup``."""
     import torch
 
-    import ember as L
     from _gpt import GPT
-    from ember.callbacks import Callback
 
     marks: list[float] = []
 
-    class Clock(Callback):
+    class Clock(pkg.Callback):  # type: ignore[misc,name-defined]
         def on_train_batch_start(self, trainer: Any, *rest: Any) -> None:
             if trainer.global_step == args.warmup and not marks:
                 _sync()
                 marks.append(time.perf_counter())
 
-    class LM(L.Module):
+    class LM(pkg.LightningModule):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             super().__init__()
             torch.manual_seed(0)
@@ -226,14 +225,20 @@ def ember_trainer(args: argparse.Namespace, kind: str = "fsdp") -> tuple[float, 
         def configure_optimizers(self) -> Any:
             return torch.optim.AdamW(self.parameters(), lr=3e-4, fused=kind == "fsdp" and not CPU)
 
-    trainer = L.Trainer(accelerator="cpu" if CPU else "gpu", strategy=_ember_strategy(kind), precision="bf16-mixed",
-                        max_steps=args.warmup + args.steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()])
+    trainer = pkg.Trainer(accelerator="cpu" if CPU else "gpu", strategy=strategy, precision="bf16-mixed",
+                          max_steps=args.warmup + args.steps, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()], **extra)
     world = trainer.world_size
     dl = torch.utils.data.DataLoader(_data(args, world), batch_size=args.batch, shuffle=True, num_workers=2)
     trainer.fit(LM(), dl)
     _sync()
     return time.perf_counter() - marks[0], trainer.global_rank
+
+
+def ember_trainer(args: argparse.Namespace, kind: str = "fsdp") -> tuple[float, int]:
+    import ember
+
+    return _trainer_fit(ember, args, kind, _ember_strategy(kind))
 
 
 def accelerate_loop(args: argparse.Namespace, kind: str) -> tuple[float, int]:
@@ -274,42 +279,13 @@ def accelerate_loop(args: argparse.Namespace, kind: str) -> tuple[float, int]:
 
 def lightning_loop(args: argparse.Namespace, kind: str) -> tuple[float, int]:
     """Lightning's Trainer with its FSDPStrategy (per-block wrap) or its DeepSpeed strategies, under torchrun."""
-    import lightning as PL
-    import torch
+    import lightning.pytorch as pl
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from _gpt import GPT, Block
-
-    marks: list[float] = []
-
-    class Clock(PL.Callback):
-        def on_train_batch_start(self, trainer: Any, *rest: Any) -> None:
-            if trainer.global_step == args.warmup and not marks:
-                _sync()
-                marks.append(time.perf_counter())
-
-    class LM(PL.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.gpt = GPT(_config())
-
-        def training_step(self, batch: Any, batch_idx: int) -> Any:
-            return self.gpt(*batch)
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.AdamW(self.parameters(), lr=3e-4, fused=kind == "fsdp" and not CPU)
+    from _gpt import Block
 
     strategy: Any = FSDPStrategy(auto_wrap_policy={Block}) if kind == "fsdp" else f"deepspeed_stage_{kind[-1]}"
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    trainer = PL.Trainer(accelerator="cpu" if CPU else "gpu", devices=world, strategy=strategy,
-                         precision="bf16-mixed", max_steps=args.warmup + args.steps, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[Clock()])
-    dl = torch.utils.data.DataLoader(_data(args, world), batch_size=args.batch, shuffle=True, num_workers=2)
-    trainer.fit(LM(), dl)
-    _sync()
-    return time.perf_counter() - marks[0], trainer.global_rank
+    return _trainer_fit(pl, args, kind, strategy, devices=int(os.environ.get("WORLD_SIZE", 1)))
 
 
 def worker(args: argparse.Namespace) -> None:
