@@ -189,7 +189,14 @@ class DeviceLoader:
 
     @property
     def batches_left(self) -> int:
-        """Batches the next ``iter()`` yields: a whole epoch, or the rest of one resumed by ``load_state``."""
+        """Batches the next ``iter()`` yields: a whole epoch, or the rest of one resumed by ``load_state``.
+
+        >>> from ember import Accelerator
+        >>> loader = Accelerator(cpu=True, verbose=False).prepare(DataLoader(torch.arange(10), batch_size=2))
+        >>> loader.seek(0, 3)  # what load_state does with a saved position
+        >>> len(loader), loader.batches_left, len([b for b in loader])
+        (5, 2, 2)
+        """
         return max(0, self.batches_per_epoch - self._next_start()[1])
 
     def set_seed(self, seed: int) -> None:
